@@ -1,0 +1,132 @@
+"""Grain input pipeline: ArrayRecord shards -> random fixed-length crops -> per-host batches.
+
+Each host reads a disjoint slice of an infinitely repeated, globally shuffled index; each
+element is one random crop of one clip. The order is a pure function of the seed, and the
+iterator's state is saved with every checkpoint, so a resumed run sees exactly the batches an
+uninterrupted run would have.
+"""
+
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import grain
+import numpy as np
+
+from avflow_jax import records
+
+# Streams normalised with the manifest statistics before they reach the model.
+NORMALISED = ("mel", "tokens", "face", "head", "participant")
+
+
+def load_manifest(data_dir: str) -> dict:
+  """Reads DATA_DIR/manifest.json with a clear error when it is missing or malformed."""
+  path = os.path.join(os.path.expanduser(data_dir), "manifest.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no manifest; prepare shards with `python -m data_prep`")
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  for key in ("dims", "splits", "stats"):
+    if key not in manifest:
+      raise ValueError(f"{path}: missing field {key!r}")
+  return manifest
+
+
+def shard_paths(data_dir: str, manifest: dict, split: str) -> list[str]:
+  if split not in manifest["splits"]:
+    raise ValueError(f"split {split!r} is not in the manifest of {data_dir} (has "
+                     f"{sorted(manifest['splits'])})")
+  shards = manifest["splits"][split]["shards"]
+  if not shards:
+    raise ValueError(f"split {split!r} of {data_dir} has no shards")
+  return [os.path.join(os.path.expanduser(data_dir), s) for s in shards]
+
+
+def stats_arrays(manifest: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{stream: (mean, std)} as float32 arrays."""
+  out = {}
+  for name, s in manifest["stats"].items():
+    out[name] = (np.asarray(s["mean"], np.float32),
+                 np.maximum(np.asarray(s["std"], np.float32), 1e-5))
+  return out
+
+
+def normalise(x: np.ndarray, stats, name: str) -> np.ndarray:
+  mean, std = stats[name]
+  return ((x - mean) / std).astype(np.float32)
+
+
+def denormalise(x, stats, name: str):
+  mean, std = stats[name]
+  return x * std + mean
+
+
+class CropClip(grain.transforms.RandomMap):
+  """Decodes a record and cuts a random `crop`-frame window of every per-frame stream.
+
+  Clips shorter than the crop are zero padded; `valid` marks the real frames and `face_mask`
+  the frames whose face code was observed.
+  """
+
+  def __init__(self, crop: int, stats: dict, streams: Sequence[str]):
+    self.crop = crop
+    self.stats = stats
+    self.streams = tuple(streams)
+
+  def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
+    clip = records.decode_record(element)
+    t = clip["mel"].shape[0]
+    start = int(rng.integers(0, max(t - self.crop, 0) + 1))
+    n = min(self.crop, t)
+    out = {}
+    for name in self.streams:
+      x = np.asarray(clip[name], np.float32)[start:start + n]
+      if name in NORMALISED:
+        x = normalise(x, self.stats, name)
+      out[name] = _pad(x, self.crop)
+    mask = np.asarray(clip.get("face_mask", np.ones(t, np.float32)), np.float32)
+    out["face_mask"] = _pad(mask[start:start + n], self.crop)
+    out["valid"] = _pad(np.ones(n, np.float32), self.crop)
+    return out
+
+
+def _pad(x: np.ndarray, length: int) -> np.ndarray:
+  if x.shape[0] == length:
+    return x
+  return np.pad(x, [(0, length - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch_size: int,
+                      crop: int, streams: Sequence[str], seed: int, process_index: int = 0,
+                      process_count: int = 1, num_workers: int = 0) -> grain.IterDataset:
+  """Per-host batches of random crops, infinitely repeated.
+
+  Args:
+    data_dir: shard directory with manifest.json.
+    manifest: its parsed manifest.
+    split: manifest split.
+    global_batch_size: batch over all hosts; each host yields global / process_count examples.
+    crop: frames per example.
+    streams: record streams to include (e.g. mel, tokens, face, head).
+    seed: seeds the shuffle and the crops.
+    process_index, process_count: this host and the number of hosts.
+    num_workers: Grain multiprocessing workers (0 = in process).
+
+  Returns:
+    A grain IterDataset of dicts of numpy arrays with a leading per-host batch axis.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f"config.batch_size={global_batch_size} is not divisible by the "
+                     f"{process_count} processes")
+  source = grain.sources.ArrayRecordDataSource(shard_paths(data_dir, manifest, split))
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  ds = ds[process_index::process_count]
+  ds = ds.random_map(CropClip(crop, stats_arrays(manifest), streams))
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  it = ds.to_iter_dataset()
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return it

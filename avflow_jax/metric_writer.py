@@ -1,0 +1,65 @@
+"""TensorBoard event files and a console progress bar for long jobs."""
+
+import contextlib
+import datetime
+import os
+import sys
+
+import tqdm
+
+
+class MetricWriter:
+  """Writes scalars as TensorBoard events (tensorboardX; no TensorFlow needed)."""
+
+  def __init__(self, logdir: str, enabled: bool = True):
+    self._writer = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes.
+      os.makedirs(logdir, exist_ok=True)
+      self._writer = SummaryWriter(logdir)
+
+  def scalars(self, step: int, values: dict) -> None:
+    if self._writer is None:
+      return
+    for k, v in values.items():
+      self._writer.add_scalar(k, float(v), step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+def format_eta(seconds: float) -> str:
+  if not seconds < 1e9:
+    return "?"
+  return str(datetime.timedelta(seconds=int(seconds)))
+
+
+@contextlib.contextmanager
+def progress(start: int, total: int):
+  """A tqdm bar (steps, rate, ETA) on interactive terminals; silent in batch logs."""
+  bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                  disable=not sys.stderr.isatty())
+  try:
+    yield bar
+  finally:
+    bar.close()
+
+
+class _DropLibraryInfo:
+  """absl handler filter: keeps INFO lines from our code, drops orbax/grain chatter below WARNING."""
+
+  _NOISY = ("orbax", "grain", "array_record")
+
+  def filter(self, record) -> bool:
+    if record.levelno >= 30:
+      return True
+    return not any(n in record.pathname for n in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Hides the libraries' per-checkpoint INFO lines so progress lines stay readable."""
+  from absl import logging as absl_logging
+  absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())

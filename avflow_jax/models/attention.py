@@ -1,0 +1,136 @@
+"""Windowed self-attention with rotary embeddings.
+
+A frame i attends to frames j with i - left <= j <= i + right (the official AV-Flow band).
+The official code builds the full T x T score matrix and masks it, so its cost is quadratic in T
+although each frame sees only left + right + 1 others. Here a finite window is computed blockwise:
+queries are cut into blocks of `block` frames and each block attends only to itself, the last
+`left` frames of the block before and the first `right` frames of the block after. Memory and
+FLOPs are O(T * (block + left + right)), never O(T^2).
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+  """Applies rotary position embeddings on interleaved pairs (x[2i], x[2i+1]).
+
+  Args:
+    x: (..., T, H, D) queries or keys, D even.
+    positions: (T,) integer positions.
+    base: rotary base.
+
+  Returns:
+    x rotated, same shape and dtype.
+  """
+  d = x.shape[-1]
+  inv_freq = 1.0 / (base ** (np.arange(0, d, 2, dtype=np.float32) / d))  # (D/2,)
+  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
+  cos = jnp.cos(angles)[:, None, :]  # (T, 1, D/2), broadcast over heads.
+  sin = jnp.sin(angles)[:, None, :]
+  xf = x.astype(jnp.float32).reshape(x.shape[:-1] + (d // 2, 2))
+  x1, x2 = xf[..., 0], xf[..., 1]
+  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)
+
+
+def _softmax_attend(scores, mask, v, dtype):
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1)
+  # A fully masked row (a padded query) gives uniform weights; zero it so it stays finite & inert.
+  weights = jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
+  return weights.astype(dtype), v
+
+
+def dense_attention(q, k, v, *, window=None, lengths=None):
+  """Reference attention over the whole sequence with an optional band mask.
+
+  Args:
+    q, k, v: (B, T, H, D).
+    window: None for unbounded, else (left, right).
+    lengths: optional (B,) number of valid frames; keys at or beyond it are masked.
+
+  Returns:
+    (B, T, H, D) attention output.
+  """
+  b, t, h, d = q.shape
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+  scores = scores / np.sqrt(d)
+  i = jnp.arange(t)[:, None]
+  j = jnp.arange(t)[None, :]
+  mask = jnp.ones((t, t), bool)
+  if window is not None:
+    left, right = window
+    mask = (j >= i - left) & (j <= i + right)
+  mask = jnp.broadcast_to(mask, (b, 1, t, t))
+  if lengths is not None:
+    mask = mask & (jnp.arange(t)[None, None, None, :] < lengths[:, None, None, None])
+  weights, v = _softmax_attend(scores, mask, v, q.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def blocked_window_attention(q, k, v, *, window, lengths=None, block: int = 64):
+  """Banded attention computed per query block; equals `dense_attention` with the band mask.
+
+  Args:
+    q, k, v: (B, T, H, D).
+    window: (left, right) frames seen on each side.
+    lengths: optional (B,) number of valid frames.
+    block: query block size; raised to max(left, right) if smaller.
+
+  Returns:
+    (B, T, H, D) attention output.
+  """
+  left, right = window
+  b, t, h, d = q.shape
+  block = max(block, left, right, 1)
+  nb = -(-t // block)
+  pad = nb * block - t
+
+  def blocks(x):  # (B, T, H, D) -> (B, nb, block, H, D), zero padded at the end.
+    x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    return x.reshape(b, nb, block, h, d)
+
+  qb, kb, vb = blocks(q), blocks(k), blocks(v)
+
+  def neighbourhood(xb):  # keys of block n: [last `left` of n-1 | block n | first `right` of n+1]
+    parts = []
+    if left:
+      prev = jnp.pad(xb, ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))[:, :-1]
+      parts.append(prev[:, :, block - left:])
+    parts.append(xb)
+    if right:
+      nxt = jnp.pad(xb, ((0, 0), (0, 1), (0, 0), (0, 0), (0, 0)))[:, 1:]
+      parts.append(nxt[:, :, :right])
+    return jnp.concatenate(parts, axis=2)  # (B, nb, S, H, D), S = left + block + right
+
+  kn, vn = neighbourhood(kb), neighbourhood(vb)
+  scores = jnp.einsum("bnqhd,bnkhd->bnhqk", qb.astype(jnp.float32), kn.astype(jnp.float32))
+  scores = scores / np.sqrt(d)
+
+  # Absolute positions of queries and keys, to build the band and the validity mask.
+  q_pos = (np.arange(nb)[:, None] * block + np.arange(block)[None, :])  # (nb, block)
+  k_pos = (np.arange(nb)[:, None] * block - left
+           + np.arange(left + block + right)[None, :])  # (nb, S)
+  rel = k_pos[:, None, :] - q_pos[:, :, None]  # (nb, block, S)
+  band = (rel >= -left) & (rel <= right) & (k_pos[:, None, :] >= 0)
+  band = band & (k_pos[:, None, :] < t)
+  mask = jnp.asarray(band)[None, :, None]  # (1, nb, 1, block, S)
+  if lengths is not None:
+    valid_k = jnp.asarray(k_pos)[None] < lengths[:, None, None]  # (B, nb, S)
+    mask = mask & valid_k[:, :, None, None, :]
+  mask = jnp.broadcast_to(mask, scores.shape)
+  weights, _ = _softmax_attend(scores, mask, vn, q.dtype)
+  out = jnp.einsum("bnhqk,bnkhd->bnqhd", weights, vn)
+  return out.reshape(b, nb * block, h, d)[:, :t]
+
+
+def windowed_attention(q, k, v, *, window: Optional[tuple[int, int]], lengths=None,
+                       block: int = 64):
+  """Dispatches to blocked attention for finite windows, dense attention otherwise."""
+  if window is None or window[0] < 0 or window[1] < 0:
+    return dense_attention(q, k, v, window=None, lengths=lengths)
+  return blocked_window_attention(q, k, v, window=tuple(window), lengths=lengths, block=block)

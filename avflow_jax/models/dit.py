@@ -1,0 +1,203 @@
+"""The AV-Flow network: two windowed diffusion transformers joined by linear highway fusion.
+
+Layout follows the official implementation (see ../shared/spec/av_flow_reference.md §1):
+per-frame conditioning is concatenated to each tower's noisy input, a shared Fourier time
+embedding drives adaLN-zero modulation in every sublayer, and after every block pair a single
+Linear(2d, 2d) over [audio ; visual] is split and added back to both towers.
+"""
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avflow_jax.models import attention
+
+Dtype = Any
+
+
+def dense(features, logical_axes, name, dtype, kernel_init=nn.initializers.lecun_normal(),
+          bias_init=nn.initializers.zeros_init()):
+  """A Dense layer whose kernel carries logical axis names for sharding."""
+  return nn.Dense(
+      features, dtype=dtype, param_dtype=jnp.float32, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, logical_axes),
+      bias_init=nn.with_logical_partitioning(bias_init, (logical_axes[-1],)))
+
+
+def _adaln_kernel_init(d_model):
+  """adaLN-zero: the alpha (gate) columns start at zero so each sublayer starts as identity."""
+  base = nn.initializers.lecun_normal()
+
+  def init(key, shape, dtype=jnp.float32):
+    w = base(key, shape, dtype)
+    return w.at[:, :d_model].set(0.0)
+  return init
+
+
+class TimeEmbedding(nn.Module):
+  """Fourier features of t in [0, 1] (not scaled by 1000) followed by an MLP."""
+  d_model: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    n = self.d_model // 8
+    freqs = np.exp(-np.arange(n) * np.log(10_000.0) / (n - 1)).astype(np.float32)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    emb = dense(self.d_model, ("time", "embed"), "fc1", self.dtype)(emb)
+    emb = nn.gelu(emb, approximate=False)
+    return dense(self.d_model, ("embed", "time"), "fc2", self.dtype)(emb)
+
+
+class AdaLNSublayer(nn.Module):
+  """x + alpha(t) * f(LayerNorm(x) * (1 + gamma(t)) + beta(t)) with adaLN-zero init."""
+  d_model: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, f):
+    mod = dense(3 * self.d_model, ("embed", "mod"), "adaln", self.dtype,
+                kernel_init=_adaln_kernel_init(self.d_model))(temb)
+    alpha, beta, gamma = jnp.split(mod[:, None, :], 3, axis=-1)
+    # Normalise in float32: bf16 variance of 512 features loses too much.
+    y = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32)(x)
+    y = (y * (1 + gamma) + beta).astype(self.dtype)
+    return x + alpha * f(y)
+
+
+class WindowedAttention(nn.Module):
+  """Multi-head self-attention with rotary q/k and a (left, right) frame window."""
+  d_model: int
+  num_heads: int
+  window: Optional[tuple[int, int]]
+  block: int = 64
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, lengths=None):
+    b, t, _ = x.shape
+    hd = self.d_model // self.num_heads
+    qkv = dense(3 * self.d_model, ("embed", "qkv"), "qkv", self.dtype)(x)
+    # The fused weight is laid out per head as [q_h | k_h | v_h], as in the official layer.
+    qkv = qkv.reshape(b, t, self.num_heads, 3 * hd)
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    pos = jnp.arange(t)
+    q = attention.rotary_embedding(q, pos)
+    k = attention.rotary_embedding(k, pos)
+    out = attention.windowed_attention(q, k, v, window=self.window, lengths=lengths,
+                                       block=self.block)
+    out = out.reshape(b, t, self.d_model)
+    return dense(self.d_model, ("qkv", "embed"), "out", self.dtype)(out)
+
+
+class FeedForward(nn.Module):
+  d_model: int
+  hidden_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = dense(self.hidden_dim, ("embed", "mlp"), "fc1", self.dtype)(x)
+    h = nn.gelu(h, approximate=False)
+    return dense(self.d_model, ("mlp", "embed"), "fc2", self.dtype)(h)
+
+
+class DiTBlock(nn.Module):
+  """Windowed self-attention sublayer then feed-forward sublayer, each adaLN-zero modulated."""
+  d_model: int
+  hidden_dim: int
+  num_heads: int
+  window: Optional[tuple[int, int]]
+  block: int = 64
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, lengths=None):
+    attn = WindowedAttention(self.d_model, self.num_heads, self.window, self.block,
+                             self.dtype, name="attn")
+    x = AdaLNSublayer(self.d_model, self.dtype, name="attn_mod")(
+        x, temb, lambda y: attn(y, lengths))
+    ff = FeedForward(self.d_model, self.hidden_dim, self.dtype, name="ff")
+    return AdaLNSublayer(self.d_model, self.dtype, name="ff_mod")(x, temb, ff)
+
+
+class AVFlowTransformer(nn.Module):
+  """Joint audio-visual velocity network.
+
+  Attributes:
+    visual_dim: face code dims + head latent dims (256 + 8).
+    audio_dim: mel bands (80).
+    d_model, hidden_dim, num_heads: tower width, feed-forward width, heads.
+    windows: one (left, right) per layer; None (or negative values) means unbounded.
+    fusion: whether the highway fusion layers are used (the ablation switches it off).
+    attention_block: query block size of the blocked windowed attention.
+    dtype: compute dtype; parameters are always float32.
+  """
+  visual_dim: int = 264
+  audio_dim: int = 80
+  d_model: int = 512
+  hidden_dim: int = 1024
+  num_heads: int = 4
+  windows: Sequence[Optional[tuple[int, int]]] = ((16, 8),) * 8
+  fusion: bool = True
+  attention_block: int = 64
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_visual, x_audio, cond, t, lengths=None):
+    """Predicts the flow velocity.
+
+    Args:
+      x_visual: (B, T, visual_dim) noisy visual signal.
+      x_audio: (B, T, audio_dim) noisy mel.
+      cond: (B, T, C) per-frame conditioning (tokens; participant features).
+      t: (B,) flow time in [0, 1].
+      lengths: optional (B,) valid frames per sequence (keys beyond are masked).
+
+    Returns:
+      (velocity_visual (B, T, visual_dim), velocity_audio (B, T, audio_dim)), float32.
+    """
+    d = self.d_model
+    cond = cond.astype(self.dtype)
+    xv = dense(d, ("input", "embed"), "input_proj_v", self.dtype)(
+        jnp.concatenate([x_visual.astype(self.dtype), cond], -1))
+    xa = dense(d, ("input", "embed"), "input_proj_a", self.dtype)(
+        jnp.concatenate([x_audio.astype(self.dtype), cond], -1))
+    temb = TimeEmbedding(d, self.dtype, name="time_embed")(t)
+    block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
+    for i, window in enumerate(self.windows):
+      window = None if window is None or min(window) < 0 else tuple(window)
+      kw = dict(d_model=d, hidden_dim=self.hidden_dim, num_heads=self.num_heads,
+                window=window, block=self.attention_block, dtype=self.dtype)
+      xv = block_cls(**kw, name=f"block_v_{i}")(xv, temb, lengths)
+      xa = block_cls(**kw, name=f"block_a_{i}")(xa, temb, lengths)
+      if self.fusion:
+        # Highway fusion: audio first in the concat, as in the official model.
+        y = dense(2 * d, ("embed", "fusion"), f"fusion_{i}", self.dtype)(
+            jnp.concatenate([xa, xv], -1))
+        xa = xa + y[..., :d]
+        xv = xv + y[..., d:]
+    out_v = dense(self.visual_dim, ("embed", "output"), "out_v", self.dtype)(xv)
+    out_a = dense(self.audio_dim, ("embed", "output"), "out_a", self.dtype)(xa)
+    return out_v.astype(jnp.float32), out_a.astype(jnp.float32)
+
+
+def make_av_model(model_cfg, visual_dim: int, audio_dim: int) -> AVFlowTransformer:
+  """Builds the network from the `config.model` ConfigDict."""
+  windows = model_cfg.windows
+  if isinstance(windows[0], int):  # A single (left, right) pair means: the same for all layers.
+    windows = (tuple(windows),) * model_cfg.num_layers
+  if len(windows) != model_cfg.num_layers:
+    raise ValueError(f"config.model.windows has {len(windows)} entries but "
+                     f"config.model.num_layers is {model_cfg.num_layers}")
+  return AVFlowTransformer(
+      visual_dim=visual_dim, audio_dim=audio_dim, d_model=model_cfg.d_model,
+      hidden_dim=model_cfg.hidden_dim, num_heads=model_cfg.num_heads,
+      windows=tuple(tuple(w) for w in windows), fusion=model_cfg.fusion,
+      attention_block=model_cfg.attention_block, remat=model_cfg.get("remat", False),
+      dtype=jnp.dtype(model_cfg.dtype))

@@ -1,0 +1,350 @@
+r"""Trains AV-Flow (or the head-pose VAE, or text-to-tokens) on a device mesh.
+
+  python -m avflow_jax.train --config configs/base.py --workdir /tmp/avflow
+  python -m avflow_jax.train --config configs/base.py --config.data.dir=/data/shards \
+      --config.batch_size=32 --config.mesh.fsdp=2
+
+With no `--config.data.dir` the demo avatar's corpus is generated and prepared once, then used.
+A restarted run resumes from the latest checkpoint in WORKDIR/checkpoints by itself, with the
+same data order. SIGTERM (or JAX's preemption notice on a cluster) saves a checkpoint on every
+process at the same step and exits with code 75.
+"""
+
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from avflow_jax import checkpointing
+from avflow_jax import config_validation
+from avflow_jax import distributed
+from avflow_jax import input_pipeline
+from avflow_jax import metric_writer
+from avflow_jax import optim
+from avflow_jax import sharding
+from avflow_jax import tasks
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the job was preempted after saving; restart it to resume.
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs). "
+                               "Default: ./workdir/<task>.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 for multi-host runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+class Preempted(Exception):
+  """Raised after the preemption checkpoint is written."""
+
+
+class _SigtermFlag:
+  """Records SIGTERM in single-process runs (multi-process runs use JAX's sync point)."""
+
+  def __init__(self):
+    self.received = False
+
+  def install(self):
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: checkpointing at the end of this step.")
+    self.received = True
+
+
+def resolve_data_dir(config) -> str:
+  """The shard directory: config.data.dir, or the demo corpus built on first use."""
+  if config.data.dir:
+    return os.path.expanduser(config.data.dir)
+  from avflow_jax import demo_data  # Only the demo path needs data_prep.
+  return demo_data.ensure_demo_shards(config.data.demo_cache, config.data.demo_minutes,
+                                      config.data.demo_seed)
+
+
+def build_task(config, manifest: dict, data_dir: str, workdir: str) -> tasks.Task:
+  """Builds the task; for "av" this loads (or first trains) the frozen head-pose VAE."""
+  if config.task == "head_vae":
+    return tasks.build_head_vae_task(config, manifest, data_dir)
+  if config.task == "text_to_tokens":
+    from avflow_jax import t2t_task  # Imported lazily: pulls in the text front end.
+    return t2t_task.build_t2t_task(config, manifest, data_dir)
+  vae_model, vae_params = load_or_train_head_vae(config, manifest, data_dir, workdir)
+  return tasks.build_av_task(config, manifest, data_dir, vae_model, vae_params)
+
+
+def head_vae_config(config):
+  """configs/head_vae.py bound to this run's data."""
+  from configs import head_vae as head_vae_config_lib
+  c = head_vae_config_lib.get_config()
+  c.data.dir = config.data.dir
+  c.data.demo_cache = config.data.demo_cache
+  c.data.demo_minutes = config.data.demo_minutes
+  c.data.demo_seed = config.data.demo_seed
+  c.data.crop_frames = config.data.crop_frames
+  c.num_steps = config.head_vae.steps
+  c.ckpt_every = max(config.head_vae.steps, 1)
+  c.log_every = max(config.head_vae.steps // 10, 1)
+  c.compilation_cache_dir = config.compilation_cache_dir
+  c.seed = config.seed
+  c.mesh.data, c.mesh.fsdp = -1, 1
+  c.batch_size = jax.device_count() * max(1, 16 // jax.device_count())
+  return c
+
+
+def load_or_train_head_vae(config, manifest, data_dir, workdir):
+  """Returns (module, params) of the head VAE, training it first if no workdir is given."""
+  vae_dir = config.head_vae.workdir
+  vae_cfg = head_vae_config(config)
+  if not vae_dir:
+    vae_dir = os.path.join(workdir, "head_vae")
+    if _latest_step(vae_dir) != vae_cfg.num_steps:
+      logging.info("No head-VAE workdir given: training one into %s (%d steps).", vae_dir,
+                   vae_cfg.num_steps)
+      train_and_evaluate(vae_cfg, vae_dir)
+  model = tasks.head_vae_from_config(vae_cfg, manifest["dims"]["head"])
+  _, params = checkpointing.load_params(vae_dir, which="params")
+  got = params["enc_in"]["kernel"].shape[0]
+  if got != manifest["dims"]["head"]:
+    raise ValueError(f"config.head_vae.workdir={vae_dir}: the VAE takes {got}-d head poses but "
+                     f"the data has {manifest['dims']['head']}-d")
+  params = jax.device_put(params, jax.sharding.NamedSharding(
+      sharding.make_mesh(config.mesh), jax.sharding.PartitionSpec()))
+  return model, params
+
+
+def _latest_step(workdir: str) -> Optional[int]:
+  ckpt = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt):
+    return None
+  steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()]
+  return max(steps) if steps else None
+
+
+def make_train_step(task: tasks.Task, tx: optax.GradientTransformation, schedule, config):
+  """The update: loss and grads, AdamW, EMA; skips the update if anything is non-finite."""
+  base_rng = jax.random.PRNGKey(config.seed)
+
+  def train_step(state, batch):
+    step = state["step"]
+    rng = jax.random.fold_in(base_rng, step)
+    (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+        state["params"], batch, rng, True)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = optim.ema_update(state["ema"], params, step, config.optim.ema_decay)
+    new = {"step": step + 1, "params": params, "opt_state": opt_state, "ema": ema}
+    # A NaN/Inf anywhere keeps the old state, so nothing non-finite is ever checkpointed.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(step),
+                   finite=finite)
+    return new, metrics
+
+  return train_step
+
+
+def make_eval_step(task: tasks.Task, config):
+  base_rng = jax.random.PRNGKey(config.seed + 1)
+
+  def eval_step(params, batch, index):
+    loss, metrics = task.loss_fn(params, batch, jax.random.fold_in(base_rng, index), False)
+    return dict(metrics, loss=loss)
+
+  return eval_step
+
+
+def _check_finite(metrics: dict, step: int):
+  """Stops the run naming the step and what went non-finite (checked one step behind)."""
+  if bool(metrics["finite"]):
+    return
+  bad = [k for k, v in metrics.items() if k.startswith("loss_") and not np.isfinite(v)]
+  what = ", ".join(k[len("loss_"):] for k in bad) if bad else "gradients"
+  raise FloatingPointError(
+      f"non-finite loss or gradient at step {step} (modality: {what}); the update was "
+      "skipped and the last good checkpoint is kept. Lower config.optim.lr or set "
+      "config.optim.grad_clip.")
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) training; returns the last logged metrics."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if config.compilation_cache_dir:
+    # Restarts (and the second process of a run) reuse compiled programs instead of recompiling.
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(config.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  logging.info("Process %d/%d: %d local devices, %d global (%s); workdir %s",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].platform, workdir)
+
+  # ---- Data and config checks (before anything compiles) ---------------------------------
+  data_dir = resolve_data_dir(config)
+  manifest = input_pipeline.load_manifest(data_dir)
+  config_validation.validate(config, manifest, jax.device_count(), jax.process_count())
+
+  # ---- Mesh -------------------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info("Mesh: %s", dict(mesh.shape))
+
+  # ---- Task, optimiser and the sharded train state ------------------------------------------
+  task = build_task(config, manifest, data_dir, workdir)
+  tx, schedule = optim.make_optimizer(config)
+
+  def init_state(rng):
+    params = task.init(rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "ema": params}
+
+  init_rng = jax.random.PRNGKey(config.seed)
+  boxed = jax.eval_shape(init_state, init_rng)
+  state_sharding = sharding.logical_shardings(boxed, mesh)
+  abstract_state = nn.unbox(boxed)
+  num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
+  logging.info("Task %s: %s parameters.", task.name, f"{num_params:,}")
+
+  # ---- Input pipeline ---------------------------------------------------------------------
+  train_ds = task.make_dataset(config.data.train_split, config.seed, jax.process_index(),
+                               jax.process_count())
+  train_iter = iter(train_ds)
+
+  # ---- Restore or initialise --------------------------------------------------------------
+  manager = checkpointing.make_manager(
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing, save_interval=config.ckpt_every)
+  start_step, state = checkpointing.restore(
+      manager, checkpointing.abstract_with_shardings(abstract_state, state_sharding),
+      train_iter)
+  if state is None:
+    start_step = 0
+    state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_sharding)(init_rng)
+  else:
+    logging.info("Resumed from step %d.", start_step)
+
+  # ---- Compiled steps ---------------------------------------------------------------------
+  batch_sh = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+  train_step = jax.jit(make_train_step(task, tx, schedule, config),
+                       in_shardings=(state_sharding, batch_sh),
+                       out_shardings=(state_sharding, repl), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(task, config),
+                      in_shardings=(state_sharding["params"], batch_sh, repl),
+                      out_shardings=repl)
+
+  writer = metric_writer.MetricWriter(os.path.join(workdir, "tensorboard"),
+                                      enabled=jax.process_index() == 0)
+  sigterm = _SigtermFlag()
+  if jax.process_count() == 1:
+    sigterm.install()
+
+  # ---- Train loop -------------------------------------------------------------------------
+  frames_per_step = config.batch_size * task.frames_per_example
+  last_metrics: dict[str, float] = {}
+  pending = None  # (step, metrics) of the previous step, checked once the next is dispatched.
+  t_log, step_log = time.time(), start_step
+  step = start_step
+  with metric_writer.progress(start_step, config.num_steps) as bar:
+    while step < config.num_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, metrics = train_step(state, batch)
+      if pending is not None:
+        _check_finite(jax.device_get(pending[1]), pending[0])
+      pending = (step, metrics)
+      step += 1
+      bar.update(1)
+
+      if step % config.log_every == 0 or step == config.num_steps:
+        host = jax.device_get(metrics)
+        _check_finite(host, step - 1)
+        dt = time.time() - t_log
+        rate = (step - step_log) / max(dt, 1e-9)
+        host = {k: float(v) for k, v in host.items() if k != "finite"}
+        host.update(steps_per_s=rate, frames_per_s=rate * frames_per_step)
+        eta = (config.num_steps - step) / max(rate, 1e-9)
+        writer.scalars(step, host)
+        logging.info("step %d/%d loss %.4f %s | %.2f steps/s, %.0f frames/s, ETA %s", step,
+                     config.num_steps, host["loss"],
+                     " ".join(f"{k[5:]}={v:.4f}" for k, v in host.items()
+                              if k.startswith("loss_")), rate, host["frames_per_s"],
+                     metric_writer.format_eta(eta))
+        last_metrics = host
+        t_log, step_log = time.time(), step
+
+      if config.eval_every and step % config.eval_every == 0:
+        val = evaluate_loss(eval_step, state["params"], task, config, mesh, manifest)
+        if val:
+          writer.scalars(step, {"val_" + k: v for k, v in val.items()})
+          logging.info("step %d validation: %s", step,
+                       " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+
+      preempted = sigterm.received
+      if jax.process_count() > 1:
+        preempted = manager.reached_preemption(step)
+      if step % config.ckpt_every == 0 or step == config.num_steps or preempted:
+        _check_finite(jax.device_get(metrics), step - 1)
+        pending = None
+        checkpointing.save(manager, step, state, train_iter, force=True)
+      if preempted:
+        manager.wait_until_finished()
+        writer.close()
+        logging.warning("Preempted at step %d: checkpoint saved; exiting.", step)
+        raise Preempted(step)
+
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  return last_metrics
+
+
+def evaluate_loss(eval_step, params, task, config, mesh, manifest) -> dict[str, float]:
+  """Mean loss over config.eval_batches fixed validation batches (same batches every time)."""
+  split = config.data.eval_split
+  if split not in manifest["splits"] or not manifest["splits"][split]["clips"]:
+    return {}
+  it = iter(task.make_dataset(split, config.seed + 1, jax.process_index(),
+                              jax.process_count()))
+  totals: dict[str, float] = {}
+  for i in range(config.eval_batches):
+    m = jax.device_get(eval_step(params, sharding.global_batch(next(it), mesh), i))
+    for k, v in m.items():
+      totals[k] = totals.get(k, 0.0) + float(v) / config.eval_batches
+  return totals
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  metric_writer.quiet_library_logs()
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/base.py")
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         timeout=config.distributed_init_timeout)
+  workdir = _WORKDIR.value or os.path.join("workdir", config.task)
+  try:
+    train_and_evaluate(config, workdir)
+  except Preempted:
+    sys.exit(EXIT_PREEMPTED)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

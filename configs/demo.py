@@ -1,0 +1,25 @@
+"""A model sized to learn the demo avatar on a 2-core CPU in about 20 minutes."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  c = base.get_config(arg)
+  c.model.num_layers = 4  # Block pairs.
+  c.model.d_model = 128  # Tower width.
+  c.model.hidden_dim = 256  # Feed-forward width.
+  c.model.num_heads = 4  # Head dim 32.
+  c.model.windows = (16, 8)  # The paper's window.
+  c.data.crop_frames = 256  # ~3 s segments.
+  c.head_vae.steps = 1500  # The automatic head-VAE training.
+  c.batch_size = 16
+  c.num_steps = 6000
+  c.optim.lr = 5e-4
+  c.optim.warmup_steps = 200
+  c.optim.schedule = "cosine"
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.999
+  c.log_every = 50
+  c.eval_every = 1000
+  c.ckpt_every = 1000
+  return c

@@ -1,0 +1,48 @@
+"""avflow_jax: AV-Flow (text to a talking 4D avatar) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="avflow_jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of AV-Flow: text to speech and a talking 4D avatar.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["avflow_jax", "avflow_jax.*", "data_prep", "data_prep.*",
+                                    "configs"]),
+    install_requires=[
+        # jax 0.11+ needs Python 3.12; 0.10.2 is the newest for 3.11.
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.4",
+        "grain>=0.2.18",
+        "array-record>=0.8.6",
+        "numpy>=1.26",
+        "librosa>=0.11",
+        "einops>=0.8",
+        "ml-collections>=1.1",
+        "absl-py>=2.1",
+        "msgpack>=1.0",
+        "safetensors>=0.4",
+        "scipy>=1.11",
+        "soundfile>=0.12",
+        "soxr>=0.5",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "pillow>=10",
+        "imageio-ffmpeg>=0.5",
+    ],
+    extras_require={
+        # eSpeak NG for the demo corpus and the text front end (GPL-3, so kept optional).
+        "demo": ["espeakng-loader>=0.2.4"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "espeakng-loader>=0.2.4"],
+        # Reference PyTorch code for parity tests only; the package never imports torch.
+        # The reference `bigvgan` package is installed with --no-deps (its pins pull CUDA torch).
+        "parity": ["torch==2.13.0", "transformers>=4.57",
+                   "huggingface_hub>=0.24"],
+        "gpu": ["jax[cuda12]>=0.10.2"],
+    },
+)
