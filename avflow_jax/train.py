@@ -134,6 +134,26 @@ def _latest_step(workdir: str) -> Optional[int]:
   return max(steps) if steps else None
 
 
+def make_train_state(task: tasks.Task, tx: optax.GradientTransformation, mesh, rng):
+  """The train state's init function, its shardings on `mesh` and its abstract shapes.
+
+  Params carry logical axis names; the rules in `sharding` turn them into NamedShardings, so
+  with fsdp > 1 the large kernels are split across devices and the Adam moments follow them.
+
+  Returns:
+    (jitted rng -> state placed on the mesh, state shardings, abstract state).
+  """
+  def init_state(rng):
+    params = task.init(rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "ema": params}
+
+  boxed = jax.eval_shape(init_state, rng)
+  state_sharding = sharding.logical_shardings(boxed, mesh)
+  init_fn = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_sharding)
+  return init_fn, state_sharding, nn.unbox(boxed)
+
+
 def make_train_step(task: tasks.Task, tx: optax.GradientTransformation, schedule, config):
   """The update: loss and grads, AdamW, EMA; skips the update if anything is non-finite."""
   base_rng = jax.random.PRNGKey(config.seed)
@@ -143,7 +163,7 @@ def make_train_step(task: tasks.Task, tx: optax.GradientTransformation, schedule
     rng = jax.random.fold_in(base_rng, step)
     (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
         state["params"], batch, rng, True)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = optim.ema_update(state["ema"], params, step, config.optim.ema_decay)
@@ -153,6 +173,10 @@ def make_train_step(task: tasks.Task, tx: optax.GradientTransformation, schedule
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(step),
                    finite=finite)
+    # Which input streams carried NaN/Inf, so the error can name the data, not just the loss.
+    for k, v in batch.items():
+      if jnp.issubdtype(v.dtype, jnp.floating):
+        metrics["input_finite_" + k] = jnp.isfinite(v).all()
     return new, metrics
 
   return train_step
@@ -174,6 +198,10 @@ def _check_finite(metrics: dict, step: int):
     return
   bad = [k for k, v in metrics.items() if k.startswith("loss_") and not np.isfinite(v)]
   what = ", ".join(k[len("loss_"):] for k in bad) if bad else "gradients"
+  inputs = [k[len("input_finite_"):] for k, v in metrics.items()
+            if k.startswith("input_finite_") and not bool(v)]
+  if inputs:
+    what += f"; non-finite input data: {', '.join(inputs)}"
   raise FloatingPointError(
       f"non-finite loss or gradient at step {step} (modality: {what}); the update was "
       "skipped and the last good checkpoint is kept. Lower config.optim.lr or set "
@@ -205,15 +233,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   task = build_task(config, manifest, data_dir, workdir)
   tx, schedule = optim.make_optimizer(config)
 
-  def init_state(rng):
-    params = task.init(rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": tx.init(params), "ema": params}
-
   init_rng = jax.random.PRNGKey(config.seed)
-  boxed = jax.eval_shape(init_state, init_rng)
-  state_sharding = sharding.logical_shardings(boxed, mesh)
-  abstract_state = nn.unbox(boxed)
+  init_fn, state_sharding, abstract_state = make_train_state(task, tx, mesh, init_rng)
   num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
   logging.info("Task %s: %s parameters.", task.name, f"{num_params:,}")
 
@@ -231,7 +252,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       train_iter)
   if state is None:
     start_step = 0
-    state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_sharding)(init_rng)
+    state = init_fn(init_rng)
   else:
     logging.info("Resumed from step %d.", start_step)
 
@@ -273,7 +294,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         _check_finite(host, step - 1)
         dt = time.time() - t_log
         rate = (step - step_log) / max(dt, 1e-9)
-        host = {k: float(v) for k, v in host.items() if k != "finite"}
+        host = {k: float(v) for k, v in host.items()
+                if k != "finite" and not k.startswith("input_finite_")}
         host.update(steps_per_s=rate, frames_per_s=rate * frames_per_step)
         eta = (config.num_steps - step) / max(rate, 1e-9)
         writer.scalars(step, host)

@@ -1,0 +1,158 @@
+"""Vocoders behind one interface: BigVGAN (Flax port) when weights exist, else Griffin-Lim.
+
+Every vocoder takes a natural-log BigVGAN mel (T, 80) or (B, T, 80) on the 86.13 fps grid (the
+`mel` record field, NOT z-normalised) and returns float32 audio at 22,050 Hz with exactly
+T * 256 samples per item. AV-Flow's mels are of audio / 1.1, so use `mel_to_audio`, which
+multiplies the waveform back by `AUDIO_GAIN` and clips it to [-1, 1].
+"""
+
+import abc
+import functools
+import math
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avflow_jax import constants
+from avflow_jax.models import bigvgan
+
+_LOG_FLOOR = math.log(1e-5)  # log-mel of silence (BigVGAN's clamp)
+
+
+def _as_batch(log_mel, num_mels: int) -> tuple[np.ndarray, bool]:
+  x = np.asarray(log_mel, np.float32)
+  if x.ndim not in (2, 3) or x.shape[-1] != num_mels:
+    raise ValueError(f"vocoder input must be (T, {num_mels}) or (B, T, {num_mels}) log-mels, "
+                     f"got shape {x.shape}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError("vocoder input log-mel contains NaN or inf")
+  return (x[None], True) if x.ndim == 2 else (x, False)
+
+
+def bucket_length(t: int, minimum: int = 32) -> int:
+  """Frames to pad `t` to: a ~1.25x geometric ladder of multiples of 16 (few recompiles)."""
+  b = minimum
+  while b < t:
+    b = int(math.ceil(b * 1.25 / 16)) * 16
+  return b
+
+
+class Vocoder(abc.ABC):
+  """log-mel (T, 80) | (B, T, 80) -> float32 waveform (T*256,) | (B, T*256)."""
+  name: str = "vocoder"
+  sample_rate: int = constants.SAMPLE_RATE
+  hop_length: int = constants.HOP_LENGTH
+  num_mels: int = constants.N_MELS
+
+  @abc.abstractmethod
+  def __call__(self, log_mel) -> np.ndarray:
+    ...
+
+
+class BigVGANVocoder(Vocoder):
+  """The Flax BigVGAN port; inputs are padded to length buckets so jit recompiles rarely."""
+
+  def __init__(self, weights_path: str, config: bigvgan.BigVGANConfig | None = None):
+    self.config, params = bigvgan.load_bigvgan(weights_path, config)
+    self.name = "bigvgan"
+    self.sample_rate = self.config.sampling_rate
+    self.hop_length = self.config.hop_length
+    self.num_mels = self.config.num_mels
+    self._params = jax.device_put(params)
+    model = bigvgan.BigVGAN(self.config)
+    self._apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+  def __call__(self, log_mel) -> np.ndarray:
+    x, squeeze = _as_batch(log_mel, self.num_mels)
+    t = x.shape[1]
+    tp = bucket_length(t)
+    # Silence after the clip: the receptive field barely reaches back into it.
+    x = np.pad(x, ((0, 0), (0, tp - t), (0, 0)), constant_values=_LOG_FLOOR)
+    y = np.asarray(self._apply(self._params, jnp.asarray(x)))[:, :t * self.hop_length]
+    y = y.astype(np.float32)
+    return y[0] if squeeze else y
+
+
+class GriffinLimVocoder(Vocoder):
+  """Slaney-mel inversion (NNLS) + Griffin-Lim with BigVGAN's STFT framing.
+
+  BigVGAN frames are STFTs (center=False) of the clip reflect-padded by (n_fft - hop) / 2 = 384
+  samples per side, so Griffin-Lim runs with center=False on a (T - 1) * hop + n_fft signal and
+  the clip is the slice [384, 384 + T * hop).
+  """
+
+  def __init__(self, n_iter: int = 32, nnls_iters: int = 50, seed: int = 0):
+    self.name = "griffin_lim"
+    self.n_iter = n_iter
+    self.nnls_iters = nnls_iters
+    self.seed = seed
+
+  @staticmethod
+  @functools.lru_cache(maxsize=1)
+  def _basis() -> np.ndarray:
+    import librosa  # pylint: disable=g-import-not-at-top
+    return librosa.filters.mel(sr=constants.SAMPLE_RATE, n_fft=constants.N_FFT,
+                               n_mels=constants.N_MELS, fmin=constants.MEL_FMIN,
+                               fmax=constants.MEL_FMAX, htk=False, norm="slaney",
+                               dtype=np.float64)
+
+  def _mel_to_magnitude(self, mel: np.ndarray) -> np.ndarray:
+    """(80, T) mel magnitudes -> (513, T) non-negative STFT magnitudes.
+
+    Non-negative least squares by multiplicative updates (S <- S * B'M / B'BS) started from
+    the smooth B'M and stopped after `nnls_iters`. The early stop matters: librosa's
+    `mel_to_stft` (L-BFGS, stops early on quiet bands) and an exact active-set NNLS (sparse,
+    spiky spectra that no signal has) both give Griffin-Lim a worse target; measured on a
+    harmonic test signal the re-analysed log-mel error is 0.35 (librosa), 0.50 (exact NNLS) and
+    0.20 (this) against 0.11 for the true magnitudes.
+    """
+    basis = self._basis()
+    s = np.maximum(basis.T @ mel, 1e-10)
+    num = basis.T @ mel
+    for _ in range(self.nnls_iters):
+      s *= num / np.maximum(basis.T @ (basis @ s), 1e-20)
+    return s
+
+  def _one(self, log_mel: np.ndarray) -> np.ndarray:
+    import librosa  # pylint: disable=g-import-not-at-top
+    t = log_mel.shape[0]
+    n_fft, hop = constants.N_FFT, constants.HOP_LENGTH
+    mag = self._mel_to_magnitude(np.exp(log_mel.T.astype(np.float64)))
+    z = librosa.griffinlim(
+        mag, n_iter=self.n_iter, hop_length=hop, win_length=constants.WIN_LENGTH, n_fft=n_fft,
+        window="hann", center=False, random_state=self.seed)
+    pad = (n_fft - hop) // 2
+    y = z[pad:pad + t * hop]
+    return np.pad(y, (0, t * hop - y.size)).astype(np.float32)
+
+  def __call__(self, log_mel) -> np.ndarray:
+    x, squeeze = _as_batch(log_mel, self.num_mels)
+    # The matrices are small (80 x 513): a multi-threaded BLAS only thrashes, 100x slower on a
+    # loaded 2-core box. threadpoolctl ships with librosa (via scikit-learn).
+    from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
+    with threadpool_limits(limits=1, user_api="blas"):
+      y = np.stack([self._one(m) for m in x])
+    return y[0] if squeeze else y
+
+
+def make_vocoder(weights_path: str | None = None) -> Vocoder:
+  """BigVGAN when `weights_path` is given and exists, else Griffin-Lim (logged either way)."""
+  if weights_path and os.path.exists(weights_path):
+    voc = BigVGANVocoder(weights_path)
+    logging.info("vocoder: BigVGAN from %s", weights_path)
+    return voc
+  if weights_path:
+    logging.warning("vocoder: BigVGAN weights %s not found; falling back to Griffin-Lim",
+                    weights_path)
+  else:
+    logging.info("vocoder: no BigVGAN weights given; using Griffin-Lim")
+  return GriffinLimVocoder()
+
+
+def mel_to_audio(vocoder: Vocoder, log_mel) -> np.ndarray:
+  """Vocodes an AV-Flow mel (of audio / 1.1): waveform x AUDIO_GAIN, clipped to [-1, 1]."""
+  y = vocoder(log_mel) * constants.AUDIO_GAIN
+  return np.clip(y, -1.0, 1.0).astype(np.float32)

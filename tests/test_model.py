@@ -1,0 +1,96 @@
+"""The AV-Flow network: shapes, parameter count, attention equivalence, adaLN-zero init."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avflow_jax.models import attention
+from avflow_jax.models import dit
+from configs import base
+
+
+def _init_shapes(model, t=16, cond=29):
+  return jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, t, model.visual_dim)),
+      jnp.zeros((1, t, model.audio_dim)), jnp.zeros((1, t, cond)), jnp.zeros((1,))))
+
+
+def test_base_parameter_count_equals_official():
+  model = dit.make_av_model(base.get_config().model, visual_dim=264, audio_dim=80)
+  n = sum(x.size for x in jax.tree.leaves(nn.unbox(_init_shapes(model))))
+  assert n == 67_935_576
+
+
+def test_output_shapes_and_dtype():
+  model = dit.AVFlowTransformer(visual_dim=264, audio_dim=80, d_model=32, hidden_dim=64,
+                                num_heads=2, windows=((4, 2),) * 2, attention_block=8)
+  x_v, x_a = jnp.ones((3, 37, 264)), jnp.ones((3, 37, 80))
+  cond, t = jnp.ones((3, 37, 29)), jnp.full((3,), 0.5)
+  params = model.init(jax.random.PRNGKey(0), x_v, x_a, cond, t)
+  v_v, v_a = model.apply(params, x_v, x_a, cond, t)
+  assert v_v.shape == (3, 37, 264) and v_a.shape == (3, 37, 80)
+  assert v_v.dtype == jnp.float32
+
+
+def test_adaln_zero_blocks_start_as_identity():
+  block = dit.DiTBlock(d_model=16, hidden_dim=32, num_heads=2, window=(2, 1), block=4)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 16))
+  temb = jax.random.normal(jax.random.PRNGKey(2), (2, 16))
+  params = block.init(jax.random.PRNGKey(0), x, temb)
+  np.testing.assert_allclose(block.apply(params, x, temb), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [1, 31, 33, 257])
+@pytest.mark.parametrize("window,block", [((16, 8), 16), ((3, 0), 4), ((0, 5), 8)])
+def test_blocked_window_attention_equals_dense_masked(t, window, block):
+  ks = jax.random.split(jax.random.PRNGKey(t), 3)
+  q, k, v = (jax.random.normal(kk, (2, t, 4, 16)) for kk in ks)
+  lengths = jnp.array([t, max(1, t - 6)])
+  dense = attention.dense_attention(q, k, v, window=window, lengths=lengths)
+  blocked = attention.blocked_window_attention(q, k, v, window=window, lengths=lengths,
+                                               block=block)
+  np.testing.assert_allclose(blocked, dense, atol=1e-5)
+
+
+def test_blocked_attention_never_builds_t_by_t_scores():
+  t, block = 4096, 64
+  q = jnp.zeros((1, t, 2, 8))
+  jaxpr = jax.make_jaxpr(lambda q: attention.blocked_window_attention(
+      q, q, q, window=(16, 8), block=block))(q)
+  sizes = [int(np.prod(v.aval.shape)) for eqn in jaxpr.eqns for v in eqn.outvars]
+  assert max(sizes) < t * t // 8  # Largest intermediate is O(T * (block + window)).
+
+
+def test_unbounded_window_uses_full_attention():
+  ks = jax.random.split(jax.random.PRNGKey(0), 3)
+  q, k, v = (jax.random.normal(kk, (1, 20, 2, 8)) for kk in ks)
+  out = attention.windowed_attention(q, k, v, window=(-1, -1))
+  np.testing.assert_allclose(out, attention.dense_attention(q, k, v), atol=1e-6)
+
+
+def test_padding_frames_do_not_change_valid_outputs():
+  model = dit.AVFlowTransformer(visual_dim=10, audio_dim=6, d_model=16, hidden_dim=32,
+                                num_heads=2, windows=((4, 2),) * 2, attention_block=8)
+  rng = np.random.default_rng(0)
+  x_v, x_a, cond = (jnp.asarray(rng.normal(size=(1, 30, d)), jnp.float32) for d in (10, 6, 29))
+  t = jnp.array([0.3])
+  params = model.init(jax.random.PRNGKey(0), x_v, x_a, cond, t)
+  # Perturb the frames after 20: with lengths=20 the first 20 outputs must not move.
+  noise = jnp.zeros_like(x_v).at[:, 20:].set(5.0)
+  a = model.apply(params, x_v, x_a, cond, t, jnp.array([20]))
+  b = model.apply(params, x_v + noise, x_a, cond, t, jnp.array([20]))
+  np.testing.assert_allclose(a[0][:, :20], b[0][:, :20], atol=1e-5)
+
+
+def test_rotary_is_relative():
+  """Scores of rotated q/k depend only on the position offset."""
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 8))
+  k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 8))
+  def score(pq, pk):
+    rq = attention.rotary_embedding(q, jnp.array([pq]))
+    rk = attention.rotary_embedding(k, jnp.array([pk]))
+    return float((rq * rk).sum())
+  assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
+  assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
