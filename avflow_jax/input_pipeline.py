@@ -1,7 +1,9 @@
 """Grain input pipeline: ArrayRecord shards -> random fixed-length crops -> per-host batches.
 
-Each host reads a disjoint slice of an infinitely repeated, globally shuffled index; each
-element is one random crop of one clip. The order is a pure function of the seed, and the
+The global stream is an infinitely repeated, globally shuffled index of clips, each element one
+random crop (a function of its global index and the seed). Global batch k is elements
+[k * B, (k + 1) * B) of that stream, and each host reads only the rows of it that its devices
+hold, so a run on N hosts sees the same global batches, row for row, as a run on one. The order is a pure function of the seed, and the
 iterator's state is saved with every checkpoint, so a resumed run sees exactly the batches an
 uninterrupted run would have.
 """
@@ -99,9 +101,46 @@ def _pad(x: np.ndarray, length: int) -> np.ndarray:
   return np.pad(x, [(0, length - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
+class HostRows(grain.MapDataset):
+  """This host's rows of each global batch: local index j -> global element
+  (j // L) * G + rows[j % L], with L = len(rows) and G the global batch size."""
+
+  def __init__(self, parent: grain.MapDataset, rows: Sequence[int], global_batch_size: int):
+    super().__init__(parent)
+    self._rows = np.asarray(rows, np.int64)
+    self._global = global_batch_size
+
+  def __len__(self) -> int:
+    return (len(self._parent) // self._global) * len(self._rows)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    local = len(self._rows)
+    return self._parent[(index // local) * self._global + int(self._rows[index % local])]
+
+  def __str__(self) -> str:
+    return f"HostRows(rows={self._rows.tolist()}, global_batch_size={self._global})"
+
+
+def process_rows(global_batch_size: int, batch_sharding=None) -> list[int]:
+  """Rows of the global batch held by this process's devices (contiguous slices by default)."""
+  import jax  # The pipeline itself stays numpy-only; only this query needs the runtime.
+  if batch_sharding is None:
+    pc, pi = jax.process_count(), jax.process_index()
+    local = global_batch_size // pc
+    return list(range(pi * local, (pi + 1) * local))
+  index_map = batch_sharding.addressable_devices_indices_map((global_batch_size,))
+  rows = set()
+  for idx in index_map.values():
+    rows.update(range(*idx[0].indices(global_batch_size)))
+  return sorted(rows)
+
+
 def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch_size: int,
                       crop: int, streams: Sequence[str], seed: int, process_index: int = 0,
-                      process_count: int = 1, num_workers: int = 0) -> grain.IterDataset:
+                      process_count: int = 1, num_workers: int = 0,
+                      rows: Optional[Sequence[int]] = None) -> grain.IterDataset:
   """Per-host batches of random crops, infinitely repeated.
 
   Args:
@@ -114,6 +153,8 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
     seed: seeds the shuffle and the crops.
     process_index, process_count: this host and the number of hosts.
     num_workers: Grain multiprocessing workers (0 = in process).
+    rows: the rows of each global batch this host reads (from the batch sharding, see
+      `process_rows`); default: the contiguous slice `process_index` of `process_count`.
 
   Returns:
     A grain IterDataset of dicts of numpy arrays with a leading per-host batch axis.
@@ -121,11 +162,15 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
   if global_batch_size % process_count:
     raise ValueError(f"config.batch_size={global_batch_size} is not divisible by the "
                      f"{process_count} processes")
+  if rows is None:
+    local = global_batch_size // process_count
+    rows = range(process_index * local, (process_index + 1) * local)
   source = grain.sources.ArrayRecordDataSource(shard_paths(data_dir, manifest, split))
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-  ds = ds[process_index::process_count]
+  # Crops are drawn before the host split, so they depend on the global index only.
   ds = ds.random_map(CropClip(crop, stats_arrays(manifest), streams))
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  ds = HostRows(ds, list(rows), global_batch_size)
+  ds = ds.batch(len(rows), drop_remainder=True)
   it = ds.to_iter_dataset()
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime
+import json
 import os
 import sys
 
@@ -11,14 +12,22 @@ import tqdm
 class MetricWriter:
   """Writes scalars as TensorBoard events (tensorboardX; no TensorFlow needed)."""
 
-  def __init__(self, logdir: str, enabled: bool = True):
+  def __init__(self, logdir: str, enabled: bool = True, jsonl_path: str = None):
     self._writer = None
+    self._jsonl = None
+    if enabled and jsonl_path:
+      self._jsonl = open(jsonl_path, "a")
     if enabled:
       from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes.
       os.makedirs(logdir, exist_ok=True)
       self._writer = SummaryWriter(logdir)
 
   def scalars(self, step: int, values: dict) -> None:
+    if self._jsonl is not None:
+      # One JSON line per logged step: easy to diff between runs and to plot.
+      self._jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}})
+                        + "\n")
+      self._jsonl.flush()
     if self._writer is None:
       return
     for k, v in values.items():
@@ -26,6 +35,9 @@ class MetricWriter:
     self._writer.flush()
 
   def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
     if self._writer is not None:
       self._writer.close()
       self._writer = None

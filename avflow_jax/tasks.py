@@ -30,8 +30,8 @@ class Task:
     name: task name.
     init: rng -> params (leaves may be nn.LogicallyPartitioned boxes).
     loss_fn: (params, batch, rng, train) -> (scalar loss, dict of scalar metrics).
-    make_dataset: (split, seed, process_index, process_count) -> grain IterDataset of per-host
-      numpy batch dicts.
+    make_dataset: (split, seed, rows) -> grain IterDataset of per-host numpy batch dicts, where
+      rows are the rows of each global batch this host reads (input_pipeline.process_rows).
     frames_per_example: frames in one example (for frames/s).
     flops_per_example: forward FLOPs of one example (for MFU), or 0 if unknown.
   """
@@ -66,11 +66,10 @@ def build_head_vae_task(config, manifest: dict, data_dir: str) -> Task:
                                         config.vae.kld_weight)
     return loss, {"loss_" + k: v for k, v in parts.items()}
 
-  def make_dataset(split, seed, process_index, process_count):
+  def make_dataset(split, seed, rows=None):
     return input_pipeline.make_crop_dataset(
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
-        streams=("head",), seed=seed, process_index=process_index,
-        process_count=process_count, num_workers=config.data.num_workers)
+        streams=("head",), seed=seed, rows=rows, num_workers=config.data.num_workers)
 
   return Task("head_vae", init, loss_fn, make_dataset, crop)
 
@@ -138,11 +137,10 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
   if config.data.participant:
     streams.append("participant")
 
-  def make_dataset(split, seed, process_index, process_count):
+  def make_dataset(split, seed, rows=None):
     return input_pipeline.make_crop_dataset(
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
-        streams=streams, seed=seed, process_index=process_index,
-        process_count=process_count, num_workers=config.data.num_workers)
+        streams=streams, seed=seed, rows=rows, num_workers=config.data.num_workers)
 
   flops = av_forward_flops(config, visual_dim, mel_dim, cond_dim, crop)
   task = Task("av", init, loss_fn, make_dataset, crop, flops)

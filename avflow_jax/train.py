@@ -66,6 +66,36 @@ class _SigtermFlag:
     self.received = True
 
 
+RUN_CONFIG = "config.json"
+
+
+def save_run_config(config, workdir: str, data_dir: str) -> None:
+  """Writes WORKDIR/config.json (with the resolved data dir) so samplers can rebuild the run."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.data.dir = data_dir
+    if c.task == "av" and not c.head_vae.workdir:
+      c.head_vae.workdir = os.path.join(workdir, "head_vae")
+  tmp = os.path.join(workdir, RUN_CONFIG + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(c.to_json_best_effort(indent=2))
+  os.replace(tmp, os.path.join(workdir, RUN_CONFIG))
+
+
+def load_run_config(workdir: str):
+  """Reads WORKDIR/config.json back into a ConfigDict."""
+  import json
+  import ml_collections
+  path = os.path.join(os.path.expanduser(workdir), RUN_CONFIG)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: not a training workdir (no {RUN_CONFIG})")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
 def resolve_data_dir(config) -> str:
   """The shard directory: config.data.dir, or the demo corpus built on first use."""
   if config.data.dir:
@@ -115,6 +145,8 @@ def load_or_train_head_vae(config, manifest, data_dir, workdir):
       logging.info("No head-VAE workdir given: training one into %s (%d steps).", vae_dir,
                    vae_cfg.num_steps)
       train_and_evaluate(vae_cfg, vae_dir)
+  if os.path.exists(os.path.join(vae_dir, RUN_CONFIG)):
+    vae_cfg = load_run_config(vae_dir)  # The architecture the VAE was trained with.
   model = tasks.head_vae_from_config(vae_cfg, manifest["dims"]["head"])
   _, params = checkpointing.load_params(vae_dir, which="params")
   got = params["enc_in"]["kernel"].shape[0]
@@ -225,6 +257,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   manifest = input_pipeline.load_manifest(data_dir)
   config_validation.validate(config, manifest, jax.device_count(), jax.process_count())
 
+  save_run_config(config, workdir, data_dir)
+
   # ---- Mesh -------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   logging.info("Mesh: %s", dict(mesh.shape))
@@ -239,8 +273,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   logging.info("Task %s: %s parameters.", task.name, f"{num_params:,}")
 
   # ---- Input pipeline ---------------------------------------------------------------------
-  train_ds = task.make_dataset(config.data.train_split, config.seed, jax.process_index(),
-                               jax.process_count())
+  rows = input_pipeline.process_rows(config.batch_size, sharding.batch_sharding(mesh))
+  train_ds = task.make_dataset(config.data.train_split, config.seed, rows)
   train_iter = iter(train_ds)
 
   # ---- Restore or initialise --------------------------------------------------------------
@@ -267,7 +301,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                       out_shardings=repl)
 
   writer = metric_writer.MetricWriter(os.path.join(workdir, "tensorboard"),
-                                      enabled=jax.process_index() == 0)
+                                      enabled=jax.process_index() == 0,
+                                      jsonl_path=os.path.join(workdir, "metrics.jsonl"))
   sigterm = _SigtermFlag()
   if jax.process_count() == 1:
     sigterm.install()
@@ -338,8 +373,8 @@ def evaluate_loss(eval_step, params, task, config, mesh, manifest) -> dict[str, 
   split = config.data.eval_split
   if split not in manifest["splits"] or not manifest["splits"][split]["clips"]:
     return {}
-  it = iter(task.make_dataset(split, config.seed + 1, jax.process_index(),
-                              jax.process_count()))
+  rows = input_pipeline.process_rows(config.batch_size, sharding.batch_sharding(mesh))
+  it = iter(task.make_dataset(split, config.seed + 1, rows))
   totals: dict[str, float] = {}
   for i in range(config.eval_batches):
     m = jax.device_get(eval_step(params, sharding.global_batch(next(it), mesh), i))

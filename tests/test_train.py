@@ -33,7 +33,7 @@ def _mesh(data, fsdp):
 
 
 def _first_batch(task, config):
-  it = iter(task.make_dataset("train", config.seed, 0, 1))
+  it = iter(task.make_dataset("train", config.seed))
   return next(it)
 
 

@@ -1,0 +1,242 @@
+"""Grain pipeline of text-to-tokens training batches: one example per utterance.
+
+Records (docs/data_format.md) carry `utterances` (JSON list of {"text", "start", "end"} on the
+mel frame grid) or, for LJSpeech-style data, a `text` spanning the whole clip. The pipeline
+builds a global index of (record, start, end, symbol ids) once (phonemising every utterance;
+optionally cached on disk), drops utterances that do not fit the fixed shapes, then shuffles,
+repeats, takes this process's slice and reads/crops/pads records lazily:
+
+  {"ids": (B, max_symbols) int32, "ids_len": (B,) int32,
+   "tokens": (B, max_frames, 29) float32 raw logits, "tokens_len": (B,) int32}.
+
+Every process builds the same global index, so the per-process slices are disjoint and equally
+long, and the order is a pure function of the seed.
+"""
+
+import collections
+import hashlib
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+import grain
+import jax
+import numpy as np
+
+from avflow_jax import constants
+from avflow_jax import input_pipeline
+from avflow_jax import records
+from avflow_jax.text import frontend
+from avflow_jax.text import symbols
+
+# Bump when the text front end changes the ids it produces (invalidates cached indices).
+INDEX_VERSION = 1
+
+
+def clip_utterances(clip: dict[str, Any], where: str) -> list[tuple[str, int, int]]:
+  """(text, start, end) frame spans of a decoded record's utterances.
+
+  Args:
+    clip: decoded record.
+    where: record description for error messages.
+
+  Returns:
+    The utterances (an empty list when the record has neither `utterances` nor `text`).
+  """
+  n_frames = int(np.asarray(clip["tokens"]).shape[0]) if "tokens" in clip else None
+  if n_frames is None:
+    raise ValueError(f"{where}: record has no 'tokens' field")
+  if "utterances" in clip:
+    try:
+      utts = json.loads(clip["utterances"])
+    except (TypeError, json.JSONDecodeError) as e:
+      raise ValueError(f"{where}: field 'utterances' is not a JSON string ({e})") from e
+    if not isinstance(utts, list):
+      raise ValueError(f"{where}: field 'utterances' must be a JSON list, got "
+                       f"{type(utts).__name__}")
+    out = []
+    for k, u in enumerate(utts):
+      if not isinstance(u, dict) or not {"text", "start", "end"} <= set(u):
+        raise ValueError(f"{where}: utterances[{k}] must have text, start and end, got {u!r}")
+      start, end = int(u["start"]), int(u["end"])
+      if not 0 <= start < end <= n_frames:
+        raise ValueError(f"{where}: utterances[{k}] frames [{start}, {end}) are outside the "
+                         f"clip's {n_frames} frames")
+      out.append((str(u["text"]), start, end))
+    return out
+  if "text" in clip:
+    return [(str(clip["text"]), 0, n_frames)]
+  return []
+
+
+def _index_cache_path(cache_dir: str, manifest: dict, split: str, add_blank: bool) -> str:
+  key = json.dumps({"split": manifest["splits"][split], "add_blank": add_blank,
+                    "symbols": "".join(symbols.SYMBOLS), "version": INDEX_VERSION},
+                   sort_keys=True)
+  digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+  return os.path.join(os.path.expanduser(cache_dir), f"t2t_index_{split}_{digest}.json")
+
+
+def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
+                          cache_dir: Optional[str] = None) -> list[dict[str, Any]]:
+  """Reads every record of `split` once and phonemises its utterances.
+
+  Args:
+    data_dir: shard directory with manifest.json.
+    split: manifest split.
+    add_blank: intersperse blanks in the ids.
+    cache_dir: if set, the index is saved there and reused while the split is unchanged.
+
+  Returns:
+    [{"record": global record index, "start", "end": frames, "ids": list of int}] in record
+    order (utterances that phonemise to nothing are left out).
+  """
+  data_dir = os.path.expanduser(data_dir)
+  manifest = input_pipeline.load_manifest(data_dir)
+  paths = input_pipeline.shard_paths(data_dir, manifest, split)
+  cache = _index_cache_path(cache_dir, manifest, split, add_blank) if cache_dir else None
+  if cache and os.path.exists(cache):
+    with open(cache) as f:
+      index = json.load(f)
+    logging.info("t2t data: %d %s utterances from cache %s", len(index), split, cache)
+    return index
+  source = grain.sources.ArrayRecordDataSource(paths)
+  n = len(source)
+  index, empty = [], 0
+  t0 = time.time()
+  for i in range(n):
+    where = f"{data_dir} split {split!r} record {i}"
+    try:
+      clip = records.decode_record(source[i])
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from e
+    where += f" ({clip.get('name', '?')})"
+    for text, start, end in clip_utterances(clip, where):
+      ids = frontend.text_to_ids(text, add_blank=add_blank)
+      if ids.size <= int(add_blank):  # nothing but blanks: no speech to align.
+        empty += 1
+        continue
+      index.append({"record": i, "start": start, "end": end, "ids": ids.tolist()})
+    if (i + 1) % 500 == 0 or i + 1 == n:
+      rate = (i + 1) / max(time.time() - t0, 1e-9)
+      logging.info("t2t data: indexed %d/%d %s records (%.0f/s, ETA %.0f s), %d utterances",
+                   i + 1, n, split, rate, (n - i - 1) / rate, len(index))
+  if empty:
+    logging.warning("t2t data: %d %s utterances have no phonemes and are skipped", empty, split)
+  if cache:
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = cache + f".tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(index, f)
+    os.replace(tmp, cache)  # atomic: concurrent processes never read a partial file.
+  return index
+
+
+def filter_index(index: list[dict[str, Any]], max_symbols: int,
+                 max_frames: int) -> list[dict[str, Any]]:
+  """Drops utterances that do not fit the padded shapes or cannot be aligned (logged)."""
+  kept, dropped = [], collections.Counter()
+  for u in index:
+    n_sym, n_frames = len(u["ids"]), u["end"] - u["start"]
+    if n_sym > max_symbols:
+      dropped["more symbols than max_symbols"] += 1
+    elif n_frames > max_frames:
+      dropped["more frames than max_frames"] += 1
+    elif n_sym > n_frames:  # alignment search needs at least one frame per symbol.
+      dropped["fewer frames than symbols"] += 1
+    else:
+      kept.append(u)
+  for reason, count in dropped.items():
+    logging.warning("t2t data: dropped %d of %d utterances: %s", count, len(index), reason)
+  return kept
+
+
+class LoadUtterance(grain.transforms.Map):
+  """Index entry -> padded example, reading the record's tokens lazily."""
+
+  def __init__(self, paths: list[str], max_symbols: int, max_frames: int):
+    self.paths = paths
+    self.max_symbols = max_symbols
+    self.max_frames = max_frames
+    self._source = None
+
+  def __getstate__(self):  # Workers reopen the shards themselves.
+    state = dict(self.__dict__)
+    state["_source"] = None
+    return state
+
+  def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+    if self._source is None:
+      self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    clip = records.decode_record(self._source[element["record"]])
+    start, end = element["start"], element["end"]
+    tokens = np.asarray(clip["tokens"], np.float32)[start:end]
+    if tokens.ndim != 2 or tokens.shape[1] != constants.TOKEN_DIM:
+      raise ValueError(f"record {element['record']} ({clip.get('name', '?')}): field 'tokens' "
+                       f"has shape {tokens.shape}, expected (T, {constants.TOKEN_DIM})")
+    ids = np.asarray(element["ids"], np.int32)
+    out_ids = np.zeros((self.max_symbols,), np.int32)
+    out_ids[:ids.size] = ids
+    out_tokens = np.zeros((self.max_frames, constants.TOKEN_DIM), np.float32)
+    out_tokens[:tokens.shape[0]] = tokens
+    return {"ids": out_ids, "ids_len": np.int32(ids.size), "tokens": out_tokens,
+            "tokens_len": np.int32(tokens.shape[0])}
+
+
+def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_symbols: int,
+                     max_frames: int, *, num_epochs: Optional[int] = None,
+                     shuffle: bool = True, add_blank: bool = True,
+                     process_index: Optional[int] = None, process_count: Optional[int] = None,
+                     num_workers: int = 0, cache_dir: Optional[str] = None,
+                     index: Optional[list[dict[str, Any]]] = None) -> grain.IterDataset:
+  """Per-process batches of padded (ids, tokens) utterances.
+
+  Args:
+    data_dir: shard directory with manifest.json.
+    split: manifest split ("train", "val").
+    batch_size: global batch; each process yields batch_size // process_count examples.
+    seed: seeds the shuffle (a different order every epoch).
+    max_symbols: padded symbol length; longer utterances are dropped.
+    max_frames: padded frame length; longer utterances are dropped.
+    num_epochs: None repeats forever (training); an integer gives that many passes.
+    shuffle: shuffle the utterances.
+    add_blank: intersperse blanks in the ids (as the model was trained).
+    process_index, process_count: this process's slice (default: JAX's).
+    num_workers: Grain worker processes (0 = read in this process).
+    cache_dir: where to cache the phonemised utterance index (None = rebuild every time).
+    index: a prebuilt `build_utterance_index` result (skips the reading pass).
+
+  Returns:
+    A grain IterDataset of numpy batch dicts (drop_remainder batching).
+  """
+  data_dir = os.path.expanduser(data_dir)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} must be a positive multiple of the "
+                     f"{process_count} processes")
+  per_process = batch_size // process_count
+  if index is None:
+    index = build_utterance_index(data_dir, split, add_blank=add_blank, cache_dir=cache_dir)
+  index = filter_index(index, max_symbols, max_frames)
+  if len(index) < batch_size:
+    raise ValueError(f"{data_dir} split {split!r}: {len(index)} usable utterances, fewer than "
+                     f"one batch of {batch_size} (max_symbols={max_symbols}, "
+                     f"max_frames={max_frames})")
+  paths = input_pipeline.shard_paths(data_dir, input_pipeline.load_manifest(data_dir), split)
+  ds = grain.MapDataset.source(index).seed(seed)
+  if shuffle:
+    ds = ds.shuffle()
+  ds = ds.repeat(num_epochs)
+  if num_epochs is not None:
+    # Equal work on every process: cut to whole global batches before slicing.
+    ds = ds[:len(ds) // batch_size * batch_size]
+  ds = ds[process_index::process_count]
+  ds = ds.map(LoadUtterance(paths, max_symbols, max_frames))
+  ds = ds.batch(per_process, drop_remainder=True)
+  it = ds.to_iter_dataset()
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return it

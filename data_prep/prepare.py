@@ -1,0 +1,318 @@
+"""`python -m data_prep`: raw corpus -> ArrayRecord shards + manifest.json.
+
+Stages: plan (list clips, splits, dataset options) -> process clips in a process pool into
+the per-clip cache (resumable) -> stats over the train split -> shards (atomic) ->
+manifest.json (atomic, last) -> summary.
+"""
+
+import argparse
+import collections
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from avflow_jax import constants as C
+from avflow_jax import records
+import data_prep
+from data_prep import cache as cache_lib
+from data_prep import clip as clip_lib
+from data_prep import readers
+from data_prep import shards as shards_lib
+from data_prep import stats as stats_lib
+from data_prep.errors import BadInput, FatalError
+
+MANIFEST = "manifest.json"
+FACE_RIG_NAME = "face_rig.npz"
+SPLITS = ("train", "val")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="python -m data_prep",
+      description="Prepare AV-Flow training shards (see docs/data_prep.md).")
+  p.add_argument("--format", required=True, choices=readers.FORMATS)
+  p.add_argument("--input", required=True, help="source corpus directory")
+  p.add_argument("--output", required=True, help="directory for shards + manifest.json")
+  p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                 help="worker processes (1 = run in this process)")
+  p.add_argument("--strict", action="store_true", help="any bad clip is a fatal error")
+  p.add_argument("--val-dates", default="",
+                 help="avflow50h: comma-separated YYYYMMDD dates whose segments are val "
+                 "(default: the last two dates)")
+  p.add_argument("--val-fraction", type=float, default=0.05,
+                 help="generic/ljspeech without splits.json: last fraction of sorted clips "
+                 "used for val")
+  p.add_argument("--shards", type=int, default=0,
+                 help="shards per split (default: about 256 MB each)")
+  p.add_argument("--asr-weights", default="",
+                 help="wav2vec2-base-960h model.safetensors, for clips without token files")
+  p.add_argument("--no-participant", action="store_true",
+                 help="avflow50h: ignore the participant (SMIRK) stream")
+  p.add_argument("--drop-cache", action="store_true",
+                 help="delete <output>/.cache after a successful run")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  args = p.parse_args(argv)
+  args.val_dates = [d.strip() for d in args.val_dates.split(",") if d.strip()]
+  if args.workers < 1:
+    p.error("--workers must be >= 1")
+  if args.shards < 0:
+    p.error("--shards must be >= 0")
+  return args
+
+
+def process_clip(job: tuple) -> dict:
+  """Worker: one clip -> cache entry. Returns {"name", "ok", "frames" | "reason", "kind"}."""
+  source_format, spec, options, asr_weights, cache_dir, key = job
+  try:
+    raw = readers.load_clip(source_format, spec, options)
+    record, sums = clip_lib.build_record(raw, asr_weights, spec.files["audio"])
+    data = records.encode_record(record)
+    frames = int(record["mel"].shape[0])
+    cache_lib.ClipCache(cache_dir).put(key, data, {"name": spec.name, "frames": frames,
+                                                  "bytes": len(data), "sums": sums})
+    return {"name": spec.name, "ok": True, "frames": frames}
+  except BadInput as e:
+    return {"name": spec.name, "ok": False, "reason": str(e), "kind": e.kind}
+  except Exception as e:  # pylint: disable=broad-except  (a bug must not lose a long run)
+    tb = traceback.format_exc(limit=3)
+    return {"name": spec.name, "ok": False, "kind": "unexpected error",
+            "reason": f"{spec.files.get('audio', spec.name)}: unexpected {type(e).__name__}: "
+                      f"{e}\n{tb}"}
+
+
+def _ignore_sigint() -> None:
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_jobs(jobs: list, workers: int, strict: bool, progress: bool) -> tuple[list, list]:
+  """Runs `process_clip` over jobs; returns (done names, skipped dicts)."""
+  done, skipped = [], []
+  bar = tqdm(total=len(jobs), unit="clip", desc="clips", disable=not progress,
+             dynamic_ncols=True)
+  audio_s = 0.0
+  t0 = time.time()
+
+  def handle(result):
+    nonlocal audio_s
+    bar.update(1)
+    if result["ok"]:
+      done.append(result["name"])
+      audio_s += result["frames"] / C.FRAME_RATE
+      bar.set_postfix_str(f"{audio_s / max(time.time() - t0, 1e-9):.0f}x realtime")
+      return
+    msg = f"skipped {result['name']}: {result['reason']}"
+    if strict:
+      raise FatalError(f"--strict: {msg}")
+    tqdm.write(msg, file=sys.stderr)
+    skipped.append({"clip": result["name"], "reason": result["reason"], "kind": result["kind"]})
+
+  try:
+    if workers == 1 or len(jobs) <= 1:
+      for job in jobs:
+        handle(process_clip(job))
+    else:
+      # spawn: workers must not inherit a forked JAX runtime. Workers ignore SIGINT so a
+      # Ctrl-C reaches only this process, which then terminates them (their unfinished
+      # cache writes are temporaries, removed by the next run).
+      ctx = multiprocessing.get_context("spawn")
+      pool = ctx.Pool(min(workers, len(jobs)), initializer=_ignore_sigint)
+      try:
+        for result in pool.imap_unordered(process_clip, jobs):
+          handle(result)
+      except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+      pool.close()
+      pool.join()
+  finally:
+    bar.close()
+  return done, skipped
+
+
+def _load_old_manifest(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _hours(frames: int) -> float:
+  return frames / C.FRAME_RATE / 3600.0
+
+
+def _summary_lines(summary: dict, skipped: list) -> list:
+  w, h = summary["clips_written"], summary["hours"]
+  lines = [f"clips written: {w['total']} (train {w['train']}, val {w['val']}); "
+           f"hours: {h['total']:.3f} (train {h['train']:.3f}, val {h['val']:.3f})",
+           f"processed now: {summary['processed_this_run']}, reused from cache: "
+           f"{summary['reused_from_cache']}; shards written: {summary['shards_written']}, "
+           f"unchanged: {summary['shards_reused']}; {summary['wall_seconds']:.1f} s"]
+  lines.append(f"clips skipped: {summary['clips_skipped']}" + (
+      " (" + ", ".join(f"{k}: {n}" for k, n in summary["skipped_by_reason"].items()) + ")"
+      if skipped else ""))
+  for s in skipped[:20]:
+    lines.append(f"  {s['clip']}: {s['reason'].splitlines()[0]}")
+  if len(skipped) > 20:
+    lines.append(f"  ... {len(skipped) - 20} more in {MANIFEST} 'skipped'")
+  lines.extend(f"note: {n}" for n in summary["notes"])
+  return lines
+
+
+def prepare(args: argparse.Namespace) -> dict:
+  """Runs the whole preparation; returns the manifest written.
+
+  Raises:
+    FatalError: unusable layout/arguments, or a bad clip under --strict.
+  """
+  t0 = time.time()
+  progress = not args.no_progress
+  dataset = readers.plan(args.format, args.input, args)
+  skipped = [{"clip": c, "reason": r, "kind": k} for c, r, k in dataset.skipped]
+  if args.strict and skipped:
+    raise FatalError(f"--strict: {skipped[0]['reason']}")
+  if args.asr_weights and not os.path.exists(args.asr_weights):
+    raise FatalError(f"--asr-weights {args.asr_weights}: file does not exist")
+  no_tokens = readers.needs_asr(dataset)
+  if no_tokens and not args.asr_weights:
+    raise FatalError(
+        f"{len(no_tokens)} clip(s) (first: {no_tokens[0].name}, audio "
+        f"{no_tokens[0].files['audio']}) have no ASR token file ({readers.TOKEN_DIR}/<clip>.npy "
+        "or <clip>.tokens.npy, depending on the layout); pass --asr-weights "
+        "model.safetensors to compute them with the wav2vec2 port")
+
+  os.makedirs(args.output, exist_ok=True)
+  cache = cache_lib.ClipCache(os.path.join(args.output, ".cache"))
+  cache_lib.remove_temporaries(cache.directory)
+  cache_lib.remove_temporaries(args.output)
+
+  keys = {}
+  for spec in dataset.clips:
+    asr = args.asr_weights if "tokens" not in spec.files else ""
+    fp = cache_lib.fingerprint(dataset.source_format, spec.name, spec.files, spec.extra,
+                               dataset.options, asr)
+    keys[spec.name] = cache_lib.clip_key(spec.name, fp)
+  todo = [s for s in dataset.clips if not cache.has(keys[s.name])]
+  jobs = [(dataset.source_format, s, dataset.options, args.asr_weights, cache.directory,
+           keys[s.name]) for s in todo]
+  _, run_skipped = _run_jobs(jobs, args.workers, args.strict, progress)
+  skipped.extend(run_skipped)
+
+  # Gather what is in the cache (this run's clips and earlier runs' alike).
+  entries = {split: [] for split in SPLITS}
+  running = stats_lib.RunningStats()
+  for spec in sorted(dataset.clips, key=lambda s: s.name):
+    key = keys[spec.name]
+    if not cache.has(key):
+      continue
+    meta = cache.meta(key)
+    entries[spec.split].append((spec.name, key, int(meta["frames"]), int(meta["bytes"])))
+    if spec.split == "train":
+      running.add(meta["sums"])
+  if not entries["train"]:
+    raise FatalError("no clip of the train split was written (skipped: "
+                     f"{len(skipped)}); nothing to compute the stats from")
+
+  old = _load_old_manifest(os.path.join(args.output, MANIFEST))
+  old_keys = old.get("prep", {}).get("shard_keys", {})
+  splits, shard_keys = {}, {}
+  written = reused = 0
+  total_records = sum(len(e) for e in entries.values())
+  bar = tqdm(total=total_records, unit="clip", desc="shards", disable=not progress,
+             dynamic_ncols=True)
+  try:
+    for split in SPLITS:
+      items = entries[split]
+      n = shards_lib.num_shards(args.shards, len(items), sum(e[3] for e in items))
+      names, clips = [], []
+      for i, group in enumerate(shards_lib.assign(items, n)):
+        fname = shards_lib.shard_name(split, i, n)
+        names.append(fname)
+        group_keys = [e[1] for e in group]
+        shard_keys[fname] = group_keys
+        clips.extend({"name": e[0], "frames": e[2], "shard": i, "index": j}
+                     for j, e in enumerate(group))
+        path = os.path.join(args.output, fname)
+        if old_keys.get(fname) == group_keys and os.path.exists(path):
+          reused += 1
+          bar.update(len(group))
+          continue
+        shards_lib.write_shard(path, (cache.record(k) for k in group_keys),
+                               on_record=lambda: bar.update(1))
+        written += 1
+      splits[split] = {"shards": names, "clips": clips,
+                       "hours": _hours(sum(e[2] for e in items))}
+  finally:
+    bar.close()
+
+  face_decoder = None
+  if dataset.face_rig:
+    data = open(dataset.face_rig, "rb").read()
+    cache_lib.atomic_write(os.path.join(args.output, FACE_RIG_NAME), data)
+    face_decoder = FACE_RIG_NAME
+
+  kinds = collections.Counter(s["kind"] for s in skipped)
+  summary = {
+      "clips_written": {"train": len(entries["train"]), "val": len(entries["val"]),
+                        "total": total_records},
+      "hours": {"train": splits["train"]["hours"], "val": splits["val"]["hours"],
+                "total": splits["train"]["hours"] + splits["val"]["hours"]},
+      "clips_skipped": len(skipped),
+      "skipped_by_reason": dict(sorted(kinds.items())),
+      "processed_this_run": len(jobs),
+      "reused_from_cache": len(dataset.clips) - len(jobs),
+      "shards_written": written, "shards_reused": reused,
+      "wall_seconds": time.time() - t0,
+      "notes": list(dataset.notes),
+  }
+  manifest = {
+      "format_version": 1,
+      "source_format": dataset.source_format,
+      "frame_rate": C.FRAME_RATE, "sample_rate": C.SAMPLE_RATE, "hop_length": C.HOP_LENGTH,
+      "dims": {"mel": C.N_MELS, "tokens": C.TOKEN_DIM,
+               "face": C.FACE_DIM if dataset.face else 0, "head": dataset.head_dim,
+               "participant": C.PARTICIPANT_DIM if dataset.participant else 0},
+      "head_kind": dataset.head_kind,
+      "splits": splits,
+      "stats": running.finalize(),
+      "face_decoder": face_decoder,
+      "skipped": [{"clip": s["clip"], "reason": s["reason"]} for s in skipped],
+      "summary": summary,
+      **dataset.extra_manifest,
+      "prep": {"version": data_prep.PREP_VERSION, "audio_int16_scale": 32768.0,
+               "shard_keys": shard_keys},
+  }
+  cache_lib.atomic_write(os.path.join(args.output, MANIFEST),
+                         json.dumps(manifest, indent=1).encode())
+  for path in shards_lib.stale_shards(args.output, shard_keys):
+    os.remove(path)
+  if args.drop_cache:
+    shutil.rmtree(cache.directory, ignore_errors=True)
+  for line in _summary_lines(summary, skipped):
+    print(line)
+  return manifest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Command-line entry point; returns the exit status."""
+  args = parse_args(argv)
+  try:
+    prepare(args)
+  except FatalError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("interrupted: finished clips are cached in "
+          f"{os.path.join(args.output, '.cache')}; rerun the same command to resume",
+          file=sys.stderr)
+    return 130
+  return 0

@@ -1,0 +1,195 @@
+"""Tiny synthetic corpora in every layout data_prep reads (no tests in this module).
+
+Audio is a few seconds of voiced-like tones plus noise; face codes, head poses and SMIRK
+features are smooth known functions of the video frame index so tests can check values.
+"""
+
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import soundfile as sf
+
+from avflow_jax import constants as C
+
+TOKEN_DIR = "wav2vec2_fairseq_base_ls960_asr_ls960_vad100"
+
+
+def tone(seconds: float, sr: int, seed: int, channels: int = 1) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  n = int(round(seconds * sr))
+  t = np.arange(n) / sr
+  out = []
+  for c in range(channels):
+    f0 = 110.0 + 40 * c + 10 * seed
+    x = sum(0.15 / k * np.sin(2 * np.pi * f0 * k * t) for k in range(1, 6))
+    x = x * (0.5 + 0.5 * np.sin(2 * np.pi * 1.5 * t)) + 0.01 * rng.standard_normal(n)
+    out.append(x)
+  return np.stack(out, -1).astype(np.float32)
+
+
+def write_wav(path: str, audio: np.ndarray, sr: int) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  sf.write(path, audio, sr, subtype="PCM_16")
+
+
+def face_codes(frames: int, seed: int) -> np.ndarray:
+  k = np.arange(frames)[:, None]
+  d = np.arange(C.FACE_DIM)[None]
+  return (np.sin(0.1 * k + 0.05 * d + seed) + 0.01 * d).astype(np.float32)
+
+
+def token_file(frames_tok: int, seed: int) -> np.ndarray:
+  rng = np.random.default_rng(100 + seed)
+  return rng.normal(size=(2, frames_tok, C.TOKEN_DIM)).astype(np.float32)
+
+
+def n_tokens(seconds: float) -> int:
+  """wav2vec2 frame count of `seconds` of audio (hop 320, window 400 at 16 kHz)."""
+  return (int(round(seconds * 16000)) - 400) // 320 + 1
+
+
+def make_a2p(root: str, subject: str = "PXB184", scenes: int = 4, video_frames: int = 75,
+             tokens: bool = True, missing: tuple = (0, 1, 30, 31, 74)) -> str:
+  """An audio2photoreal subject dir: 48 kHz stereo, 30 fps pose/face, missing list."""
+  sub = os.path.join(root, subject)
+  os.makedirs(sub, exist_ok=True)
+  for s in range(1, scenes + 1):
+    scene = f"scene{s:02d}"
+    base = os.path.join(sub, scene)
+    seconds = video_frames / 30.0
+    write_wav(base + "_audio.wav", tone(seconds, 48000, s, 2), 48000)
+    pose = np.zeros((video_frames, 104), np.float32)
+    pose[:, 12:16] = np.sin(0.05 * np.arange(video_frames)[:, None] + np.arange(4) + s)
+    np.save(base + "_body_pose.npy", pose)
+    np.save(base + "_face_expression.npy", face_codes(video_frames, s))
+    np.save(base + "_missing_face_frames.npy", np.asarray(missing, np.int64))
+    if tokens:
+      os.makedirs(os.path.join(sub, TOKEN_DIR), exist_ok=True)
+      np.save(os.path.join(sub, TOKEN_DIR, scene + ".npy"), token_file(n_tokens(seconds), s))
+  return root
+
+
+def quat_to_rot(q: np.ndarray) -> np.ndarray:
+  """Hamilton [w, x, y, z] -> rotation matrices (for building fixtures)."""
+  q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+  w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+  return np.stack([
+      np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+      np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+      np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+  ], -2)
+
+
+def head_quats(frames: int, seed: int) -> np.ndarray:
+  k = np.arange(frames)[:, None]
+  q = np.concatenate([np.ones((frames, 1)),
+                      0.2 * np.sin(0.07 * k + np.arange(3)[None] + seed)], -1)
+  return q / np.linalg.norm(q, axis=-1, keepdims=True)
+
+
+def make_avflow50h(root: str, dates=("20230101", "20230102", "20230103"), per_date: int = 1,
+                   video_frames: int = 60, participant: bool = True, stats_files: bool = False,
+                   transcripts: bool = True, rig: bool = True) -> list:
+  """The 50-hour layout; returns the segment names."""
+  segs = []
+  for d in dates:
+    for i in range(per_date):
+      seg = f"{d}_sess{i}"
+      segs.append(seg)
+      seed = len(segs)
+      seconds = video_frames / 30.0
+      write_wav(os.path.join(root, "audio", seg + ".wav"), tone(seconds, 48000, seed, 2), 48000)
+      os.makedirs(os.path.join(root, "expression_codes"), exist_ok=True)
+      np.save(os.path.join(root, "expression_codes", seg + ".npy"), face_codes(video_frames, seed))
+      rot = quat_to_rot(head_quats(video_frames, seed))
+      # Flip the sign convention of every other frame's source: the transform is the same.
+      tr = np.zeros((video_frames, 4, 4), np.float32)
+      tr[:, :3, :3] = rot
+      tr[:, :3, 3] = 0.01 * np.arange(video_frames)[:, None] + np.arange(3)[None]
+      tr[:, 3, 3] = 1
+      os.makedirs(os.path.join(root, "headpose"), exist_ok=True)
+      np.save(os.path.join(root, "headpose", seg + "--headpose.npy"), tr)
+      os.makedirs(os.path.join(root, TOKEN_DIR), exist_ok=True)
+      np.save(os.path.join(root, TOKEN_DIR, seg + ".npy"), token_file(n_tokens(seconds), seed))
+      if participant:
+        smirk = os.path.join(root, "participant", "camera01", "smirk_outputs")
+        os.makedirs(smirk, exist_ok=True)
+        k = np.arange(video_frames)[:, None]
+        np.save(os.path.join(smirk, seg + "--expression.npy"),
+                (3.0 * np.sin(0.1 * k + np.arange(55)[None] + seed)).astype(np.float32))
+        np.save(os.path.join(smirk, seg + "--headpose.npy"),
+                (0.5 * np.cos(0.1 * k + np.arange(3)[None])).astype(np.float32))
+      if transcripts:
+        os.makedirs(os.path.join(root, "transcripts"), exist_ok=True)
+        with open(os.path.join(root, "transcripts", seg + ".json"), "w") as f:
+          json.dump([{"speaker": "actor", "start": 0.5, "end": 1.0, "text": "hello there"},
+                     {"speaker": "participant", "start": 1.0, "end": 1.5, "text": "hi"},
+                     {"speaker": "actor", "start": 0.1, "end": 0.4, "text": "well"}], f)
+  if participant and stats_files:
+    os.makedirs(os.path.join(root, "stats"), exist_ok=True)
+    np.save(os.path.join(root, "stats", "expression_min.npy"), -3.0 * np.ones(55))
+    np.save(os.path.join(root, "stats", "expression_max.npy"), 3.0 * np.ones(55))
+    np.save(os.path.join(root, "stats", "headpose_min.npy"), -0.5 * np.ones(3))
+    np.save(os.path.join(root, "stats", "headpose_max.npy"), 0.5 * np.ones(3))
+  if rig:
+    os.makedirs(os.path.join(root, "demo_rig"), exist_ok=True)
+    np.savez(os.path.join(root, "demo_rig", "face_rig.npz"), w=np.eye(3))
+  return segs
+
+
+def make_generic(root: str, names=("a", "b", "c"), video_frames: int = 60, head_dim: int = 4,
+                 splits: dict = None, sr: int = 16000) -> None:
+  os.makedirs(root, exist_ok=True)
+  for i, n in enumerate(names):
+    seconds = video_frames / 25.0
+    write_wav(os.path.join(root, n + ".wav"), tone(seconds, sr, i, 1), sr)
+    np.save(os.path.join(root, n + ".face.npy"), face_codes(video_frames, i))
+    head = np.sin(0.05 * np.arange(video_frames)[:, None] + np.arange(head_dim)[None])
+    np.save(os.path.join(root, n + ".head.npy"), head.astype(np.float32))
+    np.save(os.path.join(root, n + ".tokens.npy"), token_file(n_tokens(seconds), i)[0])
+    with open(os.path.join(root, n + ".txt"), "w") as f:
+      f.write(f"clip {n} says hello\n")
+  with open(os.path.join(root, "layout.json"), "w") as f:
+    json.dump({"fps": 25}, f)
+  if splits is not None:
+    with open(os.path.join(root, "splits.json"), "w") as f:
+      json.dump(splits, f)
+
+
+def make_ljspeech(root: str, n: int = 3, seconds: float = 2.0) -> list:
+  ids = [f"LJ001-{i:04d}" for i in range(1, n + 1)]
+  os.makedirs(os.path.join(root, "wavs"), exist_ok=True)
+  with open(os.path.join(root, "metadata.csv"), "w", encoding="utf-8") as f:
+    for i, clip in enumerate(ids):
+      write_wav(os.path.join(root, "wavs", clip + ".wav"), tone(seconds, 22050, i), 22050)
+      f.write(f"{clip}|Text {i}, raw.|text {i} normalised\n")
+  return ids
+
+
+def fake_asr_module(calls: list) -> types.ModuleType:
+  """A stand-in for data_prep.asr with its API: deterministic (N_tok, 29) logits."""
+  mod = types.ModuleType("data_prep.asr")
+
+  def load_asr(path):
+    calls.append(("load", path))
+    return {"path": path}
+
+  def extract_tokens(audio, sample_rate, params):
+    del params
+    calls.append(("extract", len(audio), sample_rate))
+    n = n_tokens(len(audio) / sample_rate)
+    base = np.linspace(-1, 1, n)[:, None] * (1 + np.arange(C.TOKEN_DIM))[None]
+    return base.astype(np.float32)
+
+  mod.load_asr, mod.extract_tokens = load_asr, extract_tokens
+  return mod
+
+
+def install_fake_asr(monkeypatch, calls: list) -> None:
+  import data_prep  # pylint: disable=g-import-not-at-top
+  fake = fake_asr_module(calls)
+  monkeypatch.setitem(sys.modules, "data_prep.asr", fake)
+  monkeypatch.setattr(data_prep, "asr", fake, raising=False)

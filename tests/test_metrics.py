@@ -1,0 +1,114 @@
+"""Known-answer tests for avflow_jax.metrics."""
+
+import numpy as np
+import pytest
+
+from avflow_jax import face_rig
+from avflow_jax import metrics
+
+SR = 22050
+
+
+def _clicks(times, duration, seed=0):
+  """Noise bursts (20 ms) at `times` on a quiet floor."""
+  rng = np.random.default_rng(seed)
+  y = 1e-4 * rng.standard_normal(int(duration * SR))
+  for t in times:
+    i = int(t * SR)
+    y[i:i + int(0.02 * SR)] += 0.5 * rng.standard_normal(int(0.02 * SR))
+  return y.astype(np.float32)
+
+
+def test_f1_binary_known_answers():
+  a = np.array([1, 1, 0, 0, 1, 0], bool)
+  assert metrics.f1_binary(a, a) == 1.0
+  assert metrics.f1_binary(a, ~a) == 0.0
+  # TP=1, FP=1, FN=2 -> 2/(2+1+2) = 0.4.
+  assert metrics.f1_binary(a, np.array([1, 0, 1, 0, 0, 0], bool)) == pytest.approx(0.4)
+  assert metrics.f1_binary(np.zeros(5, bool), np.zeros(5, bool)) == 1.0
+  with pytest.raises(ValueError):
+    metrics.f1_binary(a, a[:3])
+
+
+def test_f1_lips_and_smiles_via_rig():
+  rng = np.random.default_rng(0)
+  ch = rng.uniform(0, 1, (300, 6))
+  rig = face_rig.FaceRig.create(seed=1)
+  codes = rig.encode(ch, 0.3 * rng.standard_normal((300, face_rig.NUISANCE_DIM)))
+  assert metrics.f1_lips(ch, ch) == 1.0
+  assert metrics.f1_lips(codes, codes, rig=rig) == 1.0
+  flipped = ch.copy()
+  flipped[:, 1] = 1.0 - ch[:, 1]
+  flipped[:, 3] = 1.0 - ch[:, 3]
+  assert metrics.f1_lips(ch, flipped) < 0.02  # only values exactly at 0.5 could agree.
+  assert metrics.f1_smiles(ch, flipped) < 0.02
+  assert metrics.f1_smiles(ch, ch) == 1.0
+
+
+def test_frechet_distance_known_answers():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((4000, 8))
+  assert abs(metrics.frechet_distance(x, x)) < 1e-6
+  shift = np.array([1.0, -2.0, 0.5, 0, 0, 0, 0, 3.0])
+  fd = metrics.frechet_distance(x, x + shift)
+  assert fd == pytest.approx(float(shift @ shift), rel=1e-6)
+  y = rng.standard_normal((4000, 8)) + shift
+  assert metrics.frechet_distance(x, y) == pytest.approx(float(shift @ shift), rel=0.05)
+  # Scaling by 2: Tr(I + 4I - 2·2I) = D per unit variance.
+  z = 2.0 * rng.standard_normal((20000, 8))
+  assert metrics.frechet_distance(rng.standard_normal((20000, 8)), z) == pytest.approx(
+      8.0, rel=0.1)
+
+
+def test_frechet_distance_rank_deficient_is_finite():
+  rng = np.random.default_rng(1)
+  x = np.zeros((50, 6))
+  x[:, 0] = rng.standard_normal(50)
+  fd = metrics.frechet_distance(x, x + 1.0)
+  assert np.isfinite(fd) and fd == pytest.approx(6.0, abs=1e-3)
+
+
+def test_diversity_known_answers():
+  assert metrics.diversity(np.full((10, 4), 3.0)) == 0.0
+  x = np.stack([np.array([0.0, 2.0] * 50), np.array([1.0, 5.0] * 50)], axis=1)
+  assert metrics.diversity(x) == pytest.approx((1.0 + 2.0) / 2)
+  assert metrics.diversity(x.reshape(2, 50, 2)) == pytest.approx(1.5)
+
+
+def test_beat_score_formula():
+  assert metrics.beat_score([1.0, 2.0], [1.0, 2.0]) == 1.0
+  s = metrics.beat_score([1.0], [1.1], sigma=0.1)
+  assert s == pytest.approx(np.exp(-0.5))
+  assert np.isnan(metrics.beat_score([], [1.0]))
+  assert metrics.beat_score([1.0], []) == 0.0
+
+
+def test_beat_consistency_aligned_beats_score_higher_than_shifted():
+  duration, fps = 6.0, 30.0
+  times = 0.25 + 0.5 * np.arange(11)
+  audio = _clicks(times, duration)
+  onsets = metrics.audio_beats(audio, SR)
+  assert len(onsets) == len(times)
+  assert np.max(np.abs(onsets - times)) < 0.05
+  t = np.arange(int(duration * fps)) / fps
+  # sin(2πt) has zero velocity at t = 0.25 + 0.5k: the motion beats sit on the clicks.
+  aligned = np.sin(2 * np.pi * t)[:, None]
+  shifted = np.sin(2 * np.pi * (t - 0.2))[:, None]
+  beats = metrics.motion_beats(aligned, fps)
+  assert np.max(np.abs(beats[:5] - times[:5])) < 0.03
+  bc_aligned = metrics.beat_consistency(audio, SR, aligned, fps)
+  bc_shifted = metrics.beat_consistency(audio, SR, shifted, fps)
+  assert bc_aligned > 0.8
+  assert bc_shifted < 0.3
+
+
+def test_mcd_identical_zero_and_different_positive():
+  rng = np.random.default_rng(0)
+  t = np.arange(SR) / SR
+  tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)))
+  assert metrics.mcd(tone, tone, SR) == 0.0
+  noise = 0.3 * rng.standard_normal(SR)
+  assert metrics.mcd(tone, noise, SR) > 3.0
+  # A copy with a repeated stretch is handled by DTW: much closer than a different signal.
+  slow = np.concatenate([tone[: SR // 2], tone[SR // 2 - 2000:]])
+  assert metrics.mcd(tone, slow, SR) < 0.25 * metrics.mcd(tone, noise, SR)
