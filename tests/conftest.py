@@ -24,3 +24,17 @@ def tiny_shards(tmp_path_factory):
   """A small prepared dataset (train + val) in the shard format, made without data_prep."""
   from tests import fixtures
   return fixtures.write_synthetic_shards(str(tmp_path_factory.mktemp("shards")))
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory):
+  """A 2-minute demo corpus (eSpeak speech, rig, head pose) prepared into shards."""
+  pytest.importorskip("espeakng_loader")
+  from data_prep import demo
+  from data_prep import prepare
+  root = tmp_path_factory.mktemp("demo_corpus")
+  corpus, shards = str(root / "corpus"), str(root / "shards")
+  demo.generate(corpus, minutes=2.0, seed=3, workers=1, progress=False)
+  assert prepare.main(["--format", "avflow50h", "--input", corpus, "--output", shards,
+                       "--workers", "1", "--no-progress"]) == 0
+  return shards

@@ -1,0 +1,35 @@
+"""The text-to-tokens task for the shared training loop (`config.task = "text_to_tokens"`)."""
+
+import jax
+
+from avflow_jax import t2t_data
+from avflow_jax import tasks
+from avflow_jax.models import text_to_tokens
+
+
+def build_t2t_task(config, manifest: dict, data_dir: str) -> tasks.Task:
+  """Matcha-style text -> 29-d token model on the utterances of the shards."""
+  del manifest
+  model = text_to_tokens.make_model(config)
+  max_symbols, max_frames = config.data.max_symbols, config.data.max_frames
+
+  def init(rng):
+    return text_to_tokens.init_params(model, rng, max_symbols, max_frames)
+
+  def loss_fn(params, batch, rng, train=True):
+    loss, metrics = text_to_tokens.loss_fn(params, batch, rng, model, train)
+    return loss, {"loss_" + k: v for k, v in metrics.items() if k != "loss"}
+
+  def make_dataset(split, seed, rows=None):
+    # Utterances are sliced per host (the rows of the global batch are contiguous per host).
+    local = len(rows) if rows is not None else config.batch_size // jax.process_count()
+    first = rows[0] if rows is not None else jax.process_index() * local
+    return t2t_data.make_t2t_dataset(
+        data_dir, split, config.batch_size, seed, max_symbols, max_frames,
+        add_blank=config.data.add_blank, process_index=first // local,
+        process_count=config.batch_size // local, num_workers=config.data.num_workers,
+        cache_dir=config.data.get("index_cache"))
+
+  task = tasks.Task("text_to_tokens", init, loss_fn, make_dataset, max_frames)
+  task.model = model
+  return task
