@@ -8,6 +8,7 @@ iterator's state is saved with every checkpoint, so a resumed run sees exactly t
 uninterrupted run would have.
 """
 
+import collections
 import json
 import os
 from typing import Any, Optional, Sequence
@@ -66,6 +67,42 @@ def denormalise(x, stats, name: str):
   return x * std + mean
 
 
+class DecodedClips:
+  """Random-access source of decoded clips with a bounded in-memory cache.
+
+  A training crop needs a few seconds of a clip but reading the record costs the whole clip, so
+  clips are kept decoded (up to `cache_mb` per process) and later crops of them are free.
+  """
+
+  def __init__(self, paths: Sequence[str], cache_mb: float = 0):
+    self._source = grain.sources.ArrayRecordDataSource(list(paths))
+    self._paths = list(paths)
+    self._budget = cache_mb * 2**20
+    self._cache: "collections.OrderedDict[int, dict]" = collections.OrderedDict()
+    self._bytes = 0
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    clip = self._cache.get(index)
+    if clip is not None:
+      self._cache.move_to_end(index)
+      return clip
+    clip = records.decode_record(self._source[index])
+    size = sum(v.nbytes for v in clip.values() if isinstance(v, np.ndarray))
+    if self._budget and size <= self._budget:
+      self._cache[index] = clip
+      self._bytes += size
+      while self._bytes > self._budget:
+        _, old = self._cache.popitem(last=False)
+        self._bytes -= sum(v.nbytes for v in old.values() if isinstance(v, np.ndarray))
+    return clip
+
+  def __repr__(self) -> str:  # Grain checks the source description when restoring state.
+    return f"DecodedClips({self._paths})"
+
+
 class CropClip(grain.transforms.RandomMap):
   """Decodes a record and cuts a random `crop`-frame window of every per-frame stream.
 
@@ -78,8 +115,7 @@ class CropClip(grain.transforms.RandomMap):
     self.stats = stats
     self.streams = tuple(streams)
 
-  def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
-    clip = records.decode_record(element)
+  def random_map(self, clip: dict, rng: np.random.Generator) -> dict[str, Any]:
     t = clip["mel"].shape[0]
     start = int(rng.integers(0, max(t - self.crop, 0) + 1))
     n = min(self.crop, t)
@@ -140,7 +176,8 @@ def process_rows(global_batch_size: int, batch_sharding=None) -> list[int]:
 def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch_size: int,
                       crop: int, streams: Sequence[str], seed: int, process_index: int = 0,
                       process_count: int = 1, num_workers: int = 0,
-                      rows: Optional[Sequence[int]] = None) -> grain.IterDataset:
+                      rows: Optional[Sequence[int]] = None,
+                      cache_mb: float = 0) -> grain.IterDataset:
   """Per-host batches of random crops, infinitely repeated.
 
   Args:
@@ -155,6 +192,7 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
     num_workers: Grain multiprocessing workers (0 = in process).
     rows: the rows of each global batch this host reads (from the batch sharding, see
       `process_rows`); default: the contiguous slice `process_index` of `process_count`.
+    cache_mb: decoded clips kept in memory per reader process.
 
   Returns:
     A grain IterDataset of dicts of numpy arrays with a leading per-host batch axis.
@@ -165,7 +203,7 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
   if rows is None:
     local = global_batch_size // process_count
     rows = range(process_index * local, (process_index + 1) * local)
-  source = grain.sources.ArrayRecordDataSource(shard_paths(data_dir, manifest, split))
+  source = DecodedClips(shard_paths(data_dir, manifest, split), cache_mb)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
   # Crops are drawn before the host split, so they depend on the global index only.
   ds = ds.random_map(CropClip(crop, stats_arrays(manifest), streams))

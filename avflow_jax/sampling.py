@@ -62,7 +62,9 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
   x1 = flow.euler_integrate(velocity, x0, num_steps)
   latent_dim = head_vae.latent_dim
   face_dim = vis - latent_dim
-  head_n = head_vae.apply({"params": params["head_vae"]}, x1[..., face_dim:vis],
+  # The VAE decoder attends over the whole sequence: padded frames must not leak into it.
+  frame_mask = None if lengths is None else jnp.arange(t)[None, :] < lengths[:, None]
+  head_n = head_vae.apply({"params": params["head_vae"]}, x1[..., face_dim:vis], frame_mask,
                           method=head_vae.decode)
   head = _denorm(head_n, stats, "head")
   if head.shape[-1] == 7:  # Quaternion + translation: return a unit quaternion.

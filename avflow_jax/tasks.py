@@ -69,7 +69,8 @@ def build_head_vae_task(config, manifest: dict, data_dir: str) -> Task:
   def make_dataset(split, seed, rows=None):
     return input_pipeline.make_crop_dataset(
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
-        streams=("head",), seed=seed, rows=rows, num_workers=config.data.num_workers)
+        streams=("head",), seed=seed, rows=rows, num_workers=config.data.num_workers,
+        cache_mb=config.data.get("cache_mb", 0))
 
   return Task("head_vae", init, loss_fn, make_dataset, crop)
 
@@ -140,7 +141,8 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
   def make_dataset(split, seed, rows=None):
     return input_pipeline.make_crop_dataset(
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
-        streams=streams, seed=seed, rows=rows, num_workers=config.data.num_workers)
+        streams=streams, seed=seed, rows=rows, num_workers=config.data.num_workers,
+        cache_mb=config.data.get("cache_mb", 0))
 
   flops = av_forward_flops(config, visual_dim, mel_dim, cond_dim, crop)
   task = Task("av", init, loss_fn, make_dataset, crop, flops)

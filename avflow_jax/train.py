@@ -13,6 +13,7 @@ process at the same step and exits with code 75.
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Optional
 
@@ -56,9 +57,17 @@ class _SigtermFlag:
 
   def __init__(self):
     self.received = False
+    self._previous = None
 
   def install(self):
-    signal.signal(signal.SIGTERM, self._handle)
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def uninstall(self):
+    """Restores the handler that was there before (train may be called as a library)."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -126,6 +135,7 @@ def head_vae_config(config):
   c.data.demo_seed = config.data.demo_seed
   c.data.crop_frames = config.data.crop_frames
   c.num_steps = config.head_vae.steps
+  c.vae.ff_dim = config.head_vae.get("ff_dim", c.vae.ff_dim)
   c.ckpt_every = max(config.head_vae.steps, 1)
   c.log_every = max(config.head_vae.steps // 10, 1)
   c.compilation_cache_dir = config.compilation_cache_dir
@@ -313,7 +323,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   pending = None  # (step, metrics) of the previous step, checked once the next is dispatched.
   t_log, step_log = time.time(), start_step
   step = start_step
-  with metric_writer.progress(start_step, config.num_steps) as bar:
+  with metric_writer.progress(start_step, config.num_steps) as bar, _restoring(sigterm):
     while step < config.num_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.global_batch(next(train_iter), mesh)
@@ -366,6 +376,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   manager.close()
   writer.close()
   return last_metrics
+
+
+class _restoring:
+  """Context manager that uninstalls the SIGTERM flag on the way out."""
+
+  def __init__(self, flag):
+    self.flag = flag
+
+  def __enter__(self):
+    return self.flag
+
+  def __exit__(self, *exc):
+    self.flag.uninstall()
+    return False
 
 
 def evaluate_loss(eval_step, params, task, config, mesh, manifest) -> dict[str, float]:

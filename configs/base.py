@@ -28,6 +28,8 @@ def get_config(arg=None):
   c.data.crop_frames = 345  # Training segment length in mel frames (4.0 s at 86.13 fps).
   c.data.num_workers = 0  # Grain multiprocessing workers per host (0 = read in the main process).
   c.data.participant = False  # Dyadic setting: condition on the participant's 87-d features.
+  c.data.cache_mb = 1024  # Decoded clips kept in memory per reader process (0 = none): a crop
+  # reads a whole clip, so re-reading it for every crop dominates on small corpora.
 
   # ---- Model (official: 67,935,576 parameters with 29 token dims) -------------------------
   c.model = ml_collections.ConfigDict()
@@ -47,6 +49,7 @@ def get_config(arg=None):
   c.head_vae.workdir = config_dict.placeholder(str)  # Trained VAE workdir; unset = train one
   # first into WORKDIR/head_vae with configs/head_vae.py and the steps below.
   c.head_vae.steps = 3000  # Steps of that automatic VAE training.
+  c.head_vae.ff_dim = 2048  # Feed-forward width of that VAE's transformer layers (official).
 
   # ---- Flow matching loss ------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()

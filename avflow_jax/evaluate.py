@@ -1,0 +1,560 @@
+r"""Evaluates a trained avatar on held-out clips with the paper's metrics.
+
+  python -m avflow_jax.evaluate --workdir /tmp/avflow                  # val split, 8 steps
+  python -m avflow_jax.evaluate --workdir /tmp/avflow --split val --output eval/report.json \
+      --max-clips 50 --vocoder-weights bigvgan.safetensors
+  python -m avflow_jax.evaluate --workdir /tmp/avflow --oracle         # ground truth as "sample"
+
+Each clip of the split (its first --max-seconds seconds) is sampled from the latest checkpoint,
+conditioned on the clip's own ASR tokens (and participant features for dyadic runs); the mel is
+vocoded (BigVGAN with --vocoder-weights, else Griffin-Lim) and scored against the held-out
+ground truth with `avflow_jax.metrics` (see docs/evaluation.md):
+
+  F1_lips, F1_smiles  lip-closure / smile events of the face-rig channels (demo face rig only)
+  FDe                 Fréchet distance of generated vs ground-truth face codes (all frames)
+  Div_h, Div_e        diversity of generated head pose / face codes
+  BC_h, BC_e          beat consistency of generated speech vs generated head / face motion
+  MCD                 mel-cepstral distortion of generated vs ground-truth speech
+
+The same metrics on the ground truth itself (Div, BC) form a reference row. With --oracle the
+ground-truth mel, codes and head pose replace the samples: an upper bound, and a check of the
+pipeline (F1 = 1, FDe = 0; MCD is then the vocoder's own distortion).
+
+Output (every file written to a temporary name, then renamed): OUTPUT (JSON: metrics, reference,
+per-clip values, config summary, checkpoint step), OUTPUT with suffix .md (a markdown summary)
+and one PNG per clip next to it (STEM_CLIP.png: mel, face channels or codes and head pose,
+generated solid vs ground truth dashed). A missing workdir, checkpoint or split stops with one
+line on stderr and exit code 2.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from avflow_jax import constants as C
+from avflow_jax import face_rig as face_rig_lib
+from avflow_jax import metrics
+
+EXIT_BAD_INPUT = 2
+DEFAULT_MAX_SECONDS = 20.0
+REPORT_VERSION = 1
+# Every report has all of these keys in "metrics": a float, or None with a reason in
+# "unavailable".
+METRIC_KEYS = ("F1_lips", "F1_smiles", "FDe", "Div_h", "Div_e", "BC_h", "BC_e", "MCD")
+# Metrics that say something about the ground truth on its own (F1 = 1, FDe = MCD = 0 there).
+REFERENCE_KEYS = ("Div_h", "Div_e", "BC_h", "BC_e")
+# How to read each metric, for the markdown summary.
+_DIRECTION = {"F1_lips": "higher (1 = GT events)", "F1_smiles": "higher (1 = GT events)",
+              "FDe": "lower (0 = GT statistics)", "Div_h": "close to GT",
+              "Div_e": "close to GT", "BC_h": "close to GT", "BC_e": "close to GT",
+              "MCD": "lower (dB)"}
+_PER_CLIP_KEYS = ("F1_lips", "F1_smiles", "Div_h", "Div_e", "BC_h", "BC_e", "MCD",
+                  "gt_BC_h", "gt_BC_e")
+
+
+class InputError(Exception):
+  """Bad command-line input; the message is printed as one line."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+
+  def error(self, message):
+    raise InputError(message)
+
+
+def make_parser() -> argparse.ArgumentParser:
+  p = _ArgumentParser(prog="python -m avflow_jax.evaluate",
+                      description="Scores a trained AV-Flow avatar on held-out clips.")
+  p.add_argument("--workdir", required=True, help="AV training workdir (config.json, checkpoints)")
+  p.add_argument("--split", default="val", help="manifest split to evaluate (default: val)")
+  p.add_argument("--output", help="report JSON path (default: "
+                                  "WORKDIR/eval/SPLIT-stepSTEP[-oracle]/report.json)")
+  p.add_argument("--steps", type=int, default=8, help="Euler steps of the ODE solver")
+  p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
+  p.add_argument("--max-clips", type=int, help="evaluate only the first N clips of the split")
+  p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                 help="evaluate the first S seconds of each clip (0: whole clips)")
+  p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
+  p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
+  p.add_argument("--oracle", action="store_true",
+                 help="score the ground-truth mel/codes/head instead of samples (upper bound)")
+  p.add_argument("--data-dir", help="shard directory, if it moved since training")
+  p.add_argument("--no-plots", action="store_true", help="skip the per-clip PNGs")
+  p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
+  return p
+
+
+def check_arguments(args) -> None:
+  """Checks that need no model."""
+  if not os.path.isdir(args.workdir):
+    raise InputError(f"--workdir {args.workdir}: no such directory")
+  if args.steps < 1:
+    raise InputError(f"--steps {args.steps}: must be >= 1")
+  if args.max_clips is not None and args.max_clips < 1:
+    raise InputError(f"--max-clips {args.max_clips}: must be >= 1")
+  if not math.isfinite(args.max_seconds) or args.max_seconds < 0:
+    raise InputError(f"--max-seconds {args.max_seconds}: must be a finite number >= 0")
+  if args.vocoder_weights and not os.path.isfile(args.vocoder_weights):
+    raise InputError(f"--vocoder-weights {args.vocoder_weights}: file missing")
+  if args.output is not None and not args.output.endswith(".json"):
+    raise InputError(f"--output {args.output}: must be a .json path (the report)")
+
+
+# ---- Reading the split ---------------------------------------------------------------------------
+
+def split_entries(data_dir: str, manifest: dict, split: str) -> tuple[list[str], list[dict]]:
+  """(shard paths, clip entries) of a split; InputError naming the split and what exists."""
+  splits = manifest.get("splits", {})
+  if split not in splits:
+    raise InputError(f"--split {split!r}: not in {data_dir}/manifest.json (has "
+                     f"{sorted(splits)})")
+  info = splits[split]
+  shards = [os.path.join(data_dir, s) for s in info.get("shards", [])]
+  entries = list(info.get("clips", []))
+  if not shards or not entries:
+    raise InputError(f"--split {split!r} of {data_dir}/manifest.json has no clips")
+  for path in shards:
+    if not os.path.exists(path):
+      raise InputError(f"{path}: shard of split {split!r} missing")
+  return shards, entries
+
+
+def iter_records(shards: list[str], entries: list[dict]) -> Iterator[tuple[dict, dict]]:
+  """Yields (manifest entry, decoded record), reading the split with one Grain source.
+
+  The source concatenates the shards in order, so a clip's global index is its index in its
+  shard plus the number of records in the shards before it.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  from avflow_jax import records  # pylint: disable=g-import-not-at-top
+  sizes = [len(grain.sources.ArrayRecordDataSource([p])) for p in shards]
+  offsets = np.concatenate([[0], np.cumsum(sizes)])
+  source = grain.sources.ArrayRecordDataSource(shards)
+  for e in entries:
+    s, i = int(e["shard"]), int(e["index"])
+    if not (0 <= s < len(shards) and 0 <= i < sizes[s]):
+      raise InputError(f"manifest clip {e['name']!r}: shard {s} index {i} is outside the "
+                       f"shards ({sizes} records); stale manifest?")
+    try:
+      record = records.decode_record(source[int(offsets[s] + i)])
+    except ValueError as err:
+      raise InputError(f"{shards[s]} record {i} (clip {e['name']!r}): {err}") from err
+    if record.get("name") != e["name"]:
+      raise InputError(f"{shards[s]} record {i} is {record.get('name')!r}, the manifest says "
+                       f"{e['name']!r} (stale manifest?)")
+    yield e, record
+
+
+def crop_record(record: dict, max_frames: Optional[int], participant: bool) -> dict:
+  """The evaluated part of a record: the first `max_frames` frames of every stream (float32).
+
+  Returns:
+    {"name", "tokens", "mel", "face", "face_mask", "head", "audio" (float in [-1, 1] or None),
+     "participant" (or None)}.
+  """
+  name = record["name"]
+  for key in ("tokens", "mel", "face", "head"):
+    if key not in record:
+      raise InputError(f"clip {name!r}: record has no {key!r} field")
+  t = int(record["mel"].shape[0])
+  if max_frames:
+    t = min(t, int(max_frames))
+  out = {"name": name}
+  for key in ("tokens", "mel", "face", "head"):
+    x = np.asarray(record[key], np.float32)
+    if x.shape[0] < t:
+      raise InputError(f"clip {name!r}: {key} has {x.shape[0]} frames, mel has {t}")
+    out[key] = x[:t]
+  mask = record.get("face_mask")
+  out["face_mask"] = (np.ones((t,), bool) if mask is None
+                      else np.asarray(mask)[:t] > 0.5)
+  audio = record.get("audio")
+  out["audio"] = (None if audio is None or np.asarray(audio).size < t * C.HOP_LENGTH
+                  else np.asarray(audio)[:t * C.HOP_LENGTH].astype(np.float32) / 32768.0)
+  out["participant"] = None
+  if participant:
+    if "participant" not in record:
+      raise InputError(f"clip {name!r}: the run is dyadic (data.participant) but the record "
+                       "has no 'participant' field")
+    out["participant"] = np.asarray(record["participant"], np.float32)[:t]
+  return out
+
+
+# ---- Metrics -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ClipStreams:
+  """One evaluated clip: ground truth and generated streams on the mel grid.
+
+  `gen_audio` is the vocoded generated mel; `gt_audio` the recorded audio (None if absent).
+  """
+  name: str
+  gt_mel: np.ndarray
+  gt_face: np.ndarray
+  gt_head: np.ndarray
+  face_mask: np.ndarray
+  gt_audio: Optional[np.ndarray]
+  gen_mel: np.ndarray
+  gen_face: np.ndarray
+  gen_head: np.ndarray
+  gen_audio: np.ndarray
+
+
+def _finite_or_none(x) -> Optional[float]:
+  if x is None:
+    return None
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def _beats(audio: Optional[np.ndarray], motion: np.ndarray) -> tuple[float, float]:
+  """(BC vs head, BC vs codes) of one clip; NaN when the audio is missing or has no onset."""
+  if audio is None:
+    return float("nan"), float("nan")
+  a = metrics.audio_beats(audio, C.SAMPLE_RATE)
+  return tuple(metrics.beat_score(a, metrics.motion_beats(m, C.FRAME_RATE)) for m in motion)
+
+
+class MetricAccumulator:
+  """Per-clip scores as clips arrive, and the pooled (all-frame) metrics at the end.
+
+  Pooled metrics keep the frames they need (face codes and head pose, float32: ~2 kB per
+  frame for both sides); per-clip ones (BC, MCD) are computed at once and the audio dropped.
+  """
+
+  def __init__(self, rig: Optional[face_rig_lib.FaceRig]):
+    self.rig = rig
+    self.per_clip: list[dict[str, Any]] = []
+    self._gt_face_obs, self._gen_face_obs = [], []
+    self._gt_face, self._gen_face, self._gt_head, self._gen_head = [], [], [], []
+    self._events = {"lips": ([], []), "smiles": ([], [])}
+
+  def add(self, clip: ClipStreams) -> dict[str, Any]:
+    """Scores one clip; returns its per-clip values (also kept in `per_clip`)."""
+    obs = clip.face_mask
+    row: dict[str, Any] = {"name": clip.name, "frames": int(clip.gen_mel.shape[0]),
+                           "seconds": clip.gen_mel.shape[0] / C.FRAME_RATE,
+                           "observed_face_frames": int(obs.sum())}
+    if self.rig is not None and obs.any():
+      gt_ch = self.rig.decode(clip.gt_face[obs])
+      gen_ch = self.rig.decode(clip.gen_face[obs])
+      for key, event in (("lips", face_rig_lib.closure), ("smiles", face_rig_lib.smile)):
+        g, p = event(gt_ch), event(gen_ch)
+        self._events[key][0].append(g)
+        self._events[key][1].append(p)
+        row[f"F1_{key}"] = metrics.f1_binary(g, p)
+        row[f"gt_{key}_frames"] = int(g.sum())
+        row[f"gen_{key}_frames"] = int(p.sum())
+    self._gt_face_obs.append(clip.gt_face[obs])
+    self._gen_face_obs.append(clip.gen_face[obs])
+    self._gt_face.append(clip.gt_face)
+    self._gen_face.append(clip.gen_face)
+    self._gt_head.append(clip.gt_head)
+    self._gen_head.append(clip.gen_head)
+    row["Div_h"] = metrics.diversity(clip.gen_head)
+    row["Div_e"] = metrics.diversity(clip.gen_face)
+    row["BC_h"], row["BC_e"] = _beats(clip.gen_audio, (clip.gen_head, clip.gen_face))
+    row["gt_BC_h"], row["gt_BC_e"] = _beats(clip.gt_audio, (clip.gt_head, clip.gt_face))
+    row["MCD"] = float("nan")
+    if clip.gt_audio is not None and clip.gt_audio.size >= metrics.MCD_N_FFT:
+      row["MCD"] = metrics.mcd(clip.gt_audio, clip.gen_audio, C.SAMPLE_RATE)
+    row = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in row.items()}
+    self.per_clip.append(row)
+    return row
+
+  def _mean(self, key: str) -> Optional[float]:
+    """Mean over the clips where `key` is defined (None where it is defined nowhere)."""
+    vals = [r[key] for r in self.per_clip if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+  def summary(self) -> tuple[dict, dict, dict]:
+    """(metrics, unavailable reasons, ground-truth reference row)."""
+    out: dict[str, Optional[float]] = {k: None for k in METRIC_KEYS}
+    why: dict[str, str] = {}
+    n = len(self.per_clip)
+    if self.rig is None:
+      for k in ("F1_lips", "F1_smiles"):
+        why[k] = ("the data has no face decoder (manifest face_decoder is null): lip closures "
+                  "and smiles cannot be read from the codes")
+    elif not self._events["lips"][0]:
+      for k in ("F1_lips", "F1_smiles"):
+        why[k] = "no clip has an observed face frame (face_mask is 0 everywhere)"
+    else:
+      for key in ("lips", "smiles"):
+        g, p = (np.concatenate(x) for x in self._events[key])
+        out[f"F1_{key}"] = metrics.f1_binary(g, p)
+    gt_obs, gen_obs = np.concatenate(self._gt_face_obs), np.concatenate(self._gen_face_obs)
+    if gt_obs.shape[0] < 2:
+      why["FDe"] = f"only {gt_obs.shape[0]} observed face frame(s); need at least 2"
+    else:
+      try:
+        out["FDe"] = _finite_or_none(metrics.frechet_distance(gt_obs, gen_obs))
+      except ValueError as e:
+        why["FDe"] = str(e)
+      if out["FDe"] is None and "FDe" not in why:
+        why["FDe"] = "the Fréchet distance is not finite"
+    gen_head, gen_face = np.concatenate(self._gen_head), np.concatenate(self._gen_face)
+    out["Div_h"] = _finite_or_none(metrics.diversity(gen_head))
+    out["Div_e"] = _finite_or_none(metrics.diversity(gen_face))
+    for k in ("BC_h", "BC_e"):
+      out[k] = self._mean(k)
+      if out[k] is None:
+        why[k] = f"no audio onset in the generated speech of any of the {n} clip(s)"
+    out["MCD"] = self._mean("MCD")
+    if out["MCD"] is None:
+      why["MCD"] = ("no clip has ground-truth audio of at least "
+                    f"{metrics.MCD_N_FFT} samples (record field 'audio')")
+    for k in METRIC_KEYS:
+      if out[k] is None and k not in why:
+        why[k] = "not finite"
+    ref = {"Div_h": _finite_or_none(metrics.diversity(np.concatenate(self._gt_head))),
+           "Div_e": _finite_or_none(metrics.diversity(np.concatenate(self._gt_face)))}
+    for k in ("BC_h", "BC_e"):
+      ref[k] = self._mean("gt_" + k)
+    return out, why, ref
+
+
+# ---- Output --------------------------------------------------------------------------------------
+
+def write_atomic(path: str, data: bytes | str) -> None:
+  """Writes a file through a temporary name in the same directory and renames it."""
+  d = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=d)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it private.
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def plot_name(stem: str, clip: str) -> str:
+  """STEM_CLIP.png with anything but [A-Za-z0-9._-] in the clip name replaced by '_'."""
+  return f"{stem}_{re.sub(r'[^A-Za-z0-9._-]', '_', clip)}.png"
+
+
+def _fmt(x) -> str:
+  if x is None:
+    return "–"
+  if isinstance(x, float):
+    return f"{x:.4g}"
+  return str(x)
+
+
+def render_markdown(report: dict) -> str:
+  """The markdown summary of a report (see `evaluate`)."""
+  cfg = report["config"]
+  title = "ground truth through the pipeline (--oracle)" if cfg["oracle"] else "samples"
+  lines = [
+      f"# AV-Flow evaluation: {title}",
+      "",
+      f"* run: `{report['workdir']}`, checkpoint step {report['checkpoint_step']} "
+      f"({cfg['which']} weights)",
+      f"* data: `{report['data_dir']}`, split `{report['split']}`: {report['num_clips']} clips, "
+      f"{report['seconds_evaluated']:.1f} s evaluated"
+      + (f" (first {cfg['max_seconds']:g} s of each)" if cfg["max_seconds"] else ""),
+      f"* sampler: {cfg['num_steps']} Euler steps, seed {cfg['seed']} (clip i: seed + i); "
+      f"vocoder: {cfg['vocoder']}",
+      "",
+      "| metric | generated | ground truth | better |",
+      "|---|---|---|---|",
+  ]
+  for k in METRIC_KEYS:
+    lines.append(f"| {k} | {_fmt(report['metrics'][k])} | "
+                 f"{_fmt(report['reference']['ground_truth'].get(k))} | {_DIRECTION[k]} |")
+  if report["unavailable"]:
+    lines += ["", "Not available:", ""]
+    lines += [f"* {k}: {v}" for k, v in report["unavailable"].items()]
+  lines += ["", "See docs/evaluation.md for the definitions and fixed parameters.", "",
+            "## Per clip", "",
+            "| clip | seconds | " + " | ".join(_PER_CLIP_KEYS) + " |",
+            "|---|---|" + "---|" * len(_PER_CLIP_KEYS)]
+  for r in report["clips"]:
+    lines.append(f"| {r['name']} | {r['seconds']:.2f} | "
+                 + " | ".join(_fmt(r.get(k)) for k in _PER_CLIP_KEYS) + " |")
+  plotted = [r for r in report["clips"] if r.get("plot")]
+  if plotted:
+    lines += ["", "## Plots", "", "Solid: generated; dashed: ground truth.", ""]
+    for r in plotted:
+      lines += [f"### {r['name']}", "", f"![{r['name']}]({r['plot']})", ""]
+  return "\n".join(lines).rstrip() + "\n"
+
+
+def _plot_clip(path: str, clip: ClipStreams, rig) -> None:
+  from avflow_jax import plots  # pylint: disable=g-import-not-at-top
+  face, gt_face, names = clip.gen_face, clip.gt_face, None
+  if rig is not None:
+    face, gt_face = rig.decode(face, clip=True), rig.decode(gt_face, clip=True)
+    names = list(face_rig_lib.CHANNELS)
+  plots.plot_sample(path, mel=clip.gen_mel, frame_rate=C.FRAME_RATE, face=face,
+                    channel_names=names, head=clip.gen_head,
+                    gt={"mel": clip.gt_mel, "face": gt_face, "head": clip.gt_head},
+                    title=clip.name)
+
+
+# ---- The run -------------------------------------------------------------------------------------
+
+def evaluate(args, log=print) -> dict[str, Any]:
+  """Runs the evaluation for parsed `args`; returns the report dict (also written to disk).
+
+  Raises:
+    InputError / inference.AvatarError: bad input (the CLI prints one line, exit code 2).
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  check_arguments(args)
+  start = time.perf_counter()
+  timings = {"load": 0.0, "sample": 0.0, "vocoder": 0.0, "metrics": 0.0, "plot": 0.0}
+  from avflow_jax import api  # pylint: disable=g-import-not-at-top  (imports JAX)
+
+  avatar = api.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
+                           which=args.which, data_dir=args.data_dir)
+  loaded = avatar.loaded
+  timings["load"] = time.perf_counter() - start
+  log(f"loaded {loaded.workdir} (step {loaded.step}, {args.which} weights) in "
+      f"{timings['load']:.1f} s")
+  shards, entries = split_entries(loaded.data_dir, loaded.manifest, args.split)
+  if args.max_clips:
+    entries = entries[:args.max_clips]
+
+  output = args.output or os.path.join(
+      loaded.workdir, "eval", f"{args.split}-step{loaded.step}"
+      + ("-oracle" if args.oracle else ""), "report.json")
+  output = os.path.abspath(os.path.expanduser(output))
+  out_dir, stem = os.path.dirname(output), os.path.splitext(os.path.basename(output))[0]
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"--output {output}: cannot create {out_dir} ({e.strerror})") from e
+  if not os.access(out_dir, os.W_OK):
+    raise InputError(f"--output {output}: {out_dir} is not writable")
+
+  max_frames = int(args.max_seconds * C.FRAME_RATE) if args.max_seconds else None
+  rig = loaded.face_rig
+  acc = MetricAccumulator(rig)
+  bar = tqdm(iter_records(shards, entries), total=len(entries), unit="clip",
+             desc=f"evaluate {args.split}", file=sys.stderr, dynamic_ncols=True)
+  for i, (_, record) in enumerate(bar):
+    rec = crop_record(record, max_frames, loaded.uses_participant)
+    t0 = time.perf_counter()
+    if args.oracle:
+      gen = {"mel": rec["mel"], "face": rec["face"], "head": rec["head"]}
+    else:
+      out = avatar.sample_motion(rec["tokens"], seed=args.seed + i, num_steps=args.steps,
+                                 participant=rec["participant"])
+      gen = {k: out[k][0] for k in ("mel", "face", "head")}
+    t1 = time.perf_counter()
+    gen_audio = avatar.vocode(gen["mel"])
+    t2 = time.perf_counter()
+    clip = ClipStreams(name=rec["name"], gt_mel=rec["mel"], gt_face=rec["face"],
+                       gt_head=rec["head"], face_mask=rec["face_mask"], gt_audio=rec["audio"],
+                       gen_mel=gen["mel"], gen_face=gen["face"], gen_head=gen["head"],
+                       gen_audio=gen_audio)
+    row = acc.add(clip)
+    t3 = time.perf_counter()
+    if not args.no_plots:
+      row["plot"] = plot_name(stem, clip.name)
+      _plot_clip(os.path.join(out_dir, row["plot"]), clip, rig)
+    t4 = time.perf_counter()
+    for k, dt in (("sample", t1 - t0), ("vocoder", t2 - t1), ("metrics", t3 - t2),
+                  ("plot", t4 - t3)):
+      timings[k] += dt
+    bar.set_postfix(MCD=_fmt(row.get("MCD")), BC_h=_fmt(row.get("BC_h")))
+  bar.close()
+
+  t0 = time.perf_counter()
+  values, unavailable, reference = acc.summary()
+  timings["metrics"] += time.perf_counter() - t0
+  timings["total"] = time.perf_counter() - start
+  cfg = loaded.config
+  report = {
+      "format_version": REPORT_VERSION,
+      "workdir": loaded.workdir,
+      "checkpoint_step": loaded.step,
+      "data_dir": loaded.data_dir,
+      "split": args.split,
+      "num_clips": len(acc.per_clip),
+      "seconds_evaluated": float(sum(r["seconds"] for r in acc.per_clip)),
+      "metrics": values,
+      "unavailable": unavailable,
+      "reference": {"ground_truth": reference},
+      "config": {
+          "oracle": bool(args.oracle), "which": args.which, "num_steps": args.steps,
+          "seed": args.seed, "max_seconds": args.max_seconds, "max_clips": args.max_clips,
+          "vocoder": avatar.vocoder.name, "face_decoder": loaded.manifest.get("face_decoder"),
+          "head_kind": loaded.manifest.get("head_kind"), "dims": loaded.dims,
+          "participant": loaded.uses_participant, "train_num_steps": cfg.get("num_steps"),
+          "model": {k: cfg.model.get(k) for k in ("d_model", "num_layers", "num_heads",
+                                                  "hidden_dim", "dtype") if k in cfg.model},
+      },
+      "parameters": {
+          "beat_sigma_s": metrics.BEAT_SIGMA_S,
+          "velocity_smooth_s": metrics.VELOCITY_SMOOTH_S,
+          "mcd_n_cepstra": metrics.MCD_N_CEPSTRA,
+          "lip_closure_threshold": face_rig_lib.LIP_CLOSURE_THRESHOLD,
+          "smile_threshold": face_rig_lib.SMILE_THRESHOLD,
+          "frame_rate": C.FRAME_RATE, "sample_rate": C.SAMPLE_RATE,
+      },
+      "clips": acc.per_clip,
+      "timings_s": timings,
+  }
+  write_atomic(os.path.join(out_dir, stem + ".md"), render_markdown(report))
+  # The JSON last: its presence means the evaluation finished.
+  write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
+  report["output"] = output
+  log("  ".join(f"{k} {_fmt(values[k])}" for k in METRIC_KEYS))
+  log(f"wrote {output} (+ .md{', plots' if not args.no_plots else ''}) in "
+      f"{timings['total']:.1f} s")
+  return report
+
+
+def _quiet_libraries(verbose: bool) -> None:
+  """Keeps stderr for our errors and the progress bar: library logs only with --verbose."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if verbose:
+    logging.set_verbosity(logging.INFO)
+    return
+  logging.set_verbosity(logging.ERROR)
+  std_logging.getLogger().setLevel(std_logging.ERROR)
+  warnings.filterwarnings("ignore")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    args = make_parser().parse_args(argv)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  _quiet_libraries(args.verbose)
+  try:
+    evaluate(args)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  except Exception as e:  # pylint: disable=broad-except
+    from avflow_jax import inference  # pylint: disable=g-import-not-at-top
+    if isinstance(e, inference.AvatarError):
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_BAD_INPUT
+    raise
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,430 @@
+r"""Samples a trained avatar: tokens, speech or text in; voice, motion, preview video out.
+
+  python -m avflow_jax.sample --workdir /tmp/avflow --tokens clip.npy --output out/
+  python -m avflow_jax.sample --workdir /tmp/avflow --audio speech.wav \
+      --asr-weights wav2vec2-base-960h.safetensors --vocoder-weights bigvgan.safetensors \
+      --output out/ --num-samples 3
+  python -m avflow_jax.sample --workdir /tmp/avflow --compare val003 --output out/
+  python -m avflow_jax.sample --workdir /tmp/avflow --text "Hello there." \
+      --t2t-workdir /tmp/t2t --output out/
+
+Per sample (NAME, or NAME_k for k = 0..K-1 with --num-samples K) it writes into OUTPUT:
+  NAME.wav  the voice (22,050 Hz, 16-bit);
+  NAME.npz  mel, face, head at the mel rate (86.13 fps), face_30fps, head_30fps (and rig,
+            rig_30fps, rig_channels when the data has the demo face rig), the input tokens;
+  NAME.mp4  a 30 fps preview (stylised face for the demo rig, else head pose + code PCs) with
+            the voice muxed in; with --compare the ground truth is drawn on the left;
+  NAME.png  mel, face and head-pose curves (dashed: ground truth with --compare).
+
+Everything is written into a hidden staging directory and moved into OUTPUT only when all
+samples succeeded, so a failed run leaves nothing under the output name. Bad input (missing
+checkpoint, tokens of the wrong width, empty text, silent or corrupt audio, an output path that
+cannot be written) stops with one line on stderr and exit code 2.
+"""
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+MIN_AUDIO_FRAMES = 8  # As data prep: shorter audio gives nothing the ASR model can read.
+SILENCE_PEAK = 1e-4  # -80 dBFS: below this the audio is treated as silent.
+
+
+class InputError(Exception):
+  """Bad command-line input; the message is printed as one line."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+
+  def error(self, message):
+    raise InputError(message)
+
+
+def make_parser() -> argparse.ArgumentParser:
+  p = _ArgumentParser(prog="python -m avflow_jax.sample",
+                      description="Samples a trained AV-Flow avatar.")
+  p.add_argument("--workdir", required=True, help="AV training workdir (config.json, checkpoints)")
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--tokens", help="(T, 29) raw ASR logits on the mel grid (.npy)")
+  src.add_argument("--audio", help="speech .wav (needs --asr-weights)")
+  src.add_argument("--text", help="text to speak (needs --t2t-workdir)")
+  p.add_argument("--output", required=True, help="output directory")
+  p.add_argument("--steps", type=int, default=8, help="Euler steps of the ODE solver")
+  p.add_argument("--seed", type=int, default=0, help="noise seed")
+  p.add_argument("--num-samples", type=int, default=1, help="samples of the same input")
+  p.add_argument("--temperature", type=float, default=1.0, help="scale of the initial noise")
+  p.add_argument("--participant", help="(T, 87) participant features .npy (dyadic avatars)")
+  p.add_argument("--asr-weights", help="wav2vec2-base-960h model.safetensors (for --audio)")
+  p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
+  p.add_argument("--t2t-workdir", help="text-to-tokens training workdir (for --text)")
+  p.add_argument("--compare", metavar="CLIP",
+                 help="clip name in the data: draw its ground truth side by side (and use its "
+                      "tokens when no other input is given)")
+  p.add_argument("--name", help="output base name (default: from the input)")
+  p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
+  p.add_argument("--data-dir", help="shard directory, if it moved since training")
+  p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
+  return p
+
+
+# ---- Input checks (cheap, before anything heavy is imported) -------------------------------------
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise InputError(f"{what} {path}: file missing")
+  try:
+    x = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise InputError(f"{what} {path}: not a readable .npy/.npz array ({msg})") from e
+  if isinstance(x, np.lib.npyio.NpzFile):
+    with x:
+      key = "tokens" if what == "--tokens" else "participant"
+      if key not in x.files:
+        raise InputError(f"{what} {path}: npz without a {key!r} array (has {x.files})")
+      x = x[key]
+  return x
+
+
+def _check_frames(path: str, what: str, x: np.ndarray, width: int, meaning: str) -> np.ndarray:
+  if not np.issubdtype(x.dtype, np.number):
+    raise InputError(f"{what} {path}: dtype {x.dtype} is not numeric")
+  if x.ndim != 2 or x.shape[1] != width:
+    raise InputError(f"{what} {path}: expected shape (T, {width}) ({meaning}), got {x.shape}")
+  if x.shape[0] == 0:
+    raise InputError(f"{what} {path}: no frames")
+  if not np.isfinite(x).all():
+    raise InputError(f"{what} {path}: contains NaN or inf")
+  return x.astype(np.float32)
+
+
+def load_tokens_file(path: str) -> np.ndarray:
+  from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
+  return _check_frames(path, "--tokens", _load_npy(path, "--tokens"), C.TOKEN_DIM,
+                       "raw ASR logits on the 86.13 fps mel grid")
+
+
+def load_audio_file(path: str) -> tuple[np.ndarray, int]:
+  """Mono float audio and its rate; InputError for corrupt, silent or too short audio."""
+  from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
+  from data_prep import audio as audio_lib  # pylint: disable=g-import-not-at-top
+  try:
+    audio, sr = audio_lib.read_wav(path, channels=(1, 2))
+  except ValueError as e:  # data_prep's BadInput names the file and the reason.
+    raise InputError(f"--audio {e}") from e
+  audio = audio.mean(axis=1)
+  seconds = audio.shape[0] / sr
+  if seconds * C.FRAME_RATE < MIN_AUDIO_FRAMES:
+    raise InputError(f"--audio {path}: too short ({seconds:.3f} s; need at least "
+                     f"{MIN_AUDIO_FRAMES / C.FRAME_RATE:.2f} s)")
+  peak = float(np.abs(audio).max())
+  if peak < SILENCE_PEAK:
+    raise InputError(f"--audio {path}: silent (peak amplitude {peak:.2g}); there is no speech "
+                     "to turn into tokens")
+  return audio, sr
+
+
+def check_arguments(args) -> None:
+  """Checks that need no model: one input, its companions, numbers."""
+  if not (args.tokens or args.audio or args.text is not None or args.compare):
+    raise InputError("give an input: --tokens FILE.npy, --audio FILE.wav, --text \"...\" or "
+                     "--compare CLIP")
+  if args.text is not None:
+    if not args.text.strip():
+      raise InputError("--text is empty")
+    if not args.t2t_workdir:
+      raise InputError("--text needs --t2t-workdir (a text-to-tokens training workdir, "
+                       "python -m avflow_jax.train --config configs/text_to_tokens.py)")
+  if args.audio:
+    if not args.asr_weights:
+      raise InputError("--audio needs --asr-weights (wav2vec2-base-960h model.safetensors)")
+    if not os.path.isfile(args.asr_weights):
+      raise InputError(f"--asr-weights {args.asr_weights}: file missing")
+  if args.vocoder_weights and not os.path.isfile(args.vocoder_weights):
+    raise InputError(f"--vocoder-weights {args.vocoder_weights}: file missing")
+  if args.steps < 1:
+    raise InputError(f"--steps {args.steps}: must be >= 1")
+  if args.num_samples < 1:
+    raise InputError(f"--num-samples {args.num_samples}: must be >= 1")
+  if not np.isfinite(args.temperature) or args.temperature < 0:
+    raise InputError(f"--temperature {args.temperature}: must be a finite number >= 0")
+  if args.name is not None and (not args.name or os.sep in args.name or args.name.startswith(".")):
+    raise InputError(f"--name {args.name!r}: must be a plain file name (no '/', not hidden)")
+  if not os.path.isdir(args.workdir):
+    raise InputError(f"--workdir {args.workdir}: no such directory")
+
+
+# ---- Atomic output -------------------------------------------------------------------------------
+
+class Staging:
+  """A hidden directory next to (or inside) OUTPUT; `commit` moves its files into OUTPUT.
+
+  Creating it up front is also the check that OUTPUT can be written.
+  """
+
+  def __init__(self, output: str):
+    self.output = os.path.abspath(os.path.expanduser(output))
+    if os.path.exists(self.output) and not os.path.isdir(self.output):
+      raise InputError(f"--output {output}: exists and is not a directory")
+    anchor = self.output
+    while not os.path.exists(anchor):
+      anchor = os.path.dirname(anchor)
+    if not os.path.isdir(anchor):
+      raise InputError(f"--output {output}: cannot be created ({anchor} is not a directory)")
+    try:
+      self.dir = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output)}.",
+                                  suffix=".partial", dir=anchor)
+    except OSError as e:
+      raise InputError(f"--output {output}: cannot write in {anchor} ({e.strerror})") from e
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.dir, name)
+
+  def commit(self) -> list[str]:
+    """Moves every staged file into OUTPUT; returns the final paths."""
+    names = sorted(os.listdir(self.dir))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    if not os.path.exists(self.output):
+      os.makedirs(os.path.dirname(self.output), exist_ok=True)
+      os.chmod(self.dir, 0o777 & ~mask)  # mkdtemp made it private.
+      os.rename(self.dir, self.output)
+    else:
+      for n in names:
+        os.replace(os.path.join(self.dir, n), os.path.join(self.output, n))
+      os.rmdir(self.dir)
+    return [os.path.join(self.output, n) for n in names]
+
+  def abort(self) -> None:
+    shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- Writers -------------------------------------------------------------------------------------
+
+def _write_wav(path: str, waveform: np.ndarray, sample_rate: int) -> None:
+  import soundfile  # pylint: disable=g-import-not-at-top
+  soundfile.write(path, np.clip(waveform, -1.0, 1.0), sample_rate, subtype="PCM_16",
+                  format="WAV")
+
+
+def _write_npz(path: str, arrays: dict[str, Any]) -> None:
+  with open(path, "wb") as f:
+    np.savez(f, **arrays)
+
+
+def _ground_truth(avatar, record: dict) -> dict[str, np.ndarray]:
+  """The compared clip's streams at both rates (+ rig channels), like a generated sample."""
+  return avatar.motion_outputs(np.asarray(record["mel"], np.float32),
+                               np.asarray(record["face"], np.float32),
+                               np.asarray(record["head"], np.float32))
+
+
+def write_sample(staging: Staging, name: str, sample: dict, *, avatar, tokens: np.ndarray,
+                 gt: Optional[dict], meta: dict, timings: dict) -> None:
+  """Writes NAME.{wav,npz,mp4,png} of one sample into the staging directory."""
+  from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
+  from avflow_jax import plots  # pylint: disable=g-import-not-at-top
+  from avflow_jax import render  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  _write_wav(staging.path(name + ".wav"), sample["waveform"], C.SAMPLE_RATE)
+  arrays = {k: sample[k] for k in ("mel", "face", "head", "face_30fps", "head_30fps")}
+  if "rig" in sample:
+    arrays.update(rig=sample["rig"], rig_30fps=sample["rig_30fps"],
+                  rig_channels=np.array(sample["rig_channels"]))
+  arrays.update(tokens=tokens, sample_rate=np.int64(C.SAMPLE_RATE),
+                frame_rate=np.float64(C.FRAME_RATE), fps=np.float64(C.VIDEO_FPS),
+                **{k: np.asarray(v) for k, v in meta.items()})
+  _write_npz(staging.path(name + ".npz"), arrays)
+  timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  rig = "rig" in sample
+  compare = None
+  if gt is not None:
+    compare = {"head_pose": gt["head_30fps"]}
+    compare["face_channels" if rig else "face_codes"] = gt["rig_30fps" if rig else "face_30fps"]
+  render.render_preview(
+      staging.path(name + ".mp4"), head_pose=sample["head_30fps"], audio=sample["waveform"],
+      sample_rate=C.SAMPLE_RATE, fps=C.VIDEO_FPS,
+      face_channels=sample["rig_30fps"] if rig else None,
+      face_codes=None if rig else sample["face_30fps"], compare=compare)
+  timings["render"] = timings.get("render", 0.0) + time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  gt_plot = None
+  if gt is not None:
+    gt_plot = {"mel": gt["mel"], "face": gt["rig"] if rig else gt["face"], "head": gt["head"]}
+  plots.plot_sample(staging.path(name + ".png"), mel=sample["mel"], frame_rate=C.FRAME_RATE,
+                    face=sample["rig"] if rig else sample["face"],
+                    channel_names=list(sample["rig_channels"]) if rig else None,
+                    head=sample["head"], gt=gt_plot, title=name)
+  timings["plot"] = timings.get("plot", 0.0) + time.perf_counter() - t0
+
+
+# ---- The run -------------------------------------------------------------------------------------
+
+def _default_name(args) -> str:
+  if args.name:
+    return args.name
+  if args.tokens:
+    return os.path.splitext(os.path.basename(args.tokens))[0]
+  if args.audio:
+    return os.path.splitext(os.path.basename(args.audio))[0]
+  if args.text is not None:
+    return "text"
+  return args.compare
+
+
+def run(args, log=print) -> dict[str, Any]:
+  """Runs the CLI with parsed `args`; returns {"files": [...], "timings": {stage: seconds}}.
+
+  Raises:
+    InputError / api.AvatarError: bad input (the CLI prints them as one line, exit code 2).
+  """
+  timings: dict[str, float] = {}
+  start = time.perf_counter()
+  check_arguments(args)
+  tokens = load_tokens_file(args.tokens) if args.tokens else None
+  audio = load_audio_file(args.audio) if args.audio else None
+  participant = None
+  if args.participant:
+    from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
+    participant = _check_frames(args.participant, "--participant",
+                                _load_npy(args.participant, "--participant"),
+                                C.PARTICIPANT_DIM, "participant tokens + SMIRK features")
+  staging = Staging(args.output)
+  try:
+    from avflow_jax import api  # pylint: disable=g-import-not-at-top  (imports JAX)
+    from avflow_jax import inference  # pylint: disable=g-import-not-at-top
+
+    t0 = time.perf_counter()
+    avatar = api.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
+                             which=args.which, data_dir=args.data_dir)
+    avatar.vocoder  # pylint: disable=pointless-statement  (bad vocoder weights fail here, early)
+    timings["load"] = time.perf_counter() - t0
+    log(f"loaded {avatar.loaded.workdir} (step {avatar.loaded.step}, {args.which} weights) in "
+        f"{timings['load']:.1f} s")
+
+    gt = None
+    if args.compare:
+      record = inference.read_clip(avatar.loaded.data_dir, avatar.loaded.manifest, args.compare)
+      gt = _ground_truth(avatar, record)
+      if tokens is None and audio is None and args.text is None:
+        tokens = np.asarray(record["tokens"], np.float32)
+        if participant is None and avatar.loaded.uses_participant:
+          participant = np.asarray(record["participant"], np.float32)
+    if audio is not None:
+      t0 = time.perf_counter()
+      tokens = avatar.tokens_from_audio(audio[0], audio[1], args.asr_weights)
+      timings["asr"] = time.perf_counter() - t0
+      log(f"ASR tokens: {tokens.shape[0]} frames in {timings['asr']:.1f} s")
+    if args.text is not None:
+      t0 = time.perf_counter()
+      t2t = api.load_text_to_tokens(args.t2t_workdir)
+      tokens = api.text_to_tokens(args.text, t2t, seed=args.seed)
+      timings["text_to_tokens"] = time.perf_counter() - t0
+      log(f"text -> {tokens.shape[0]} token frames in {timings['text_to_tokens']:.1f} s")
+    if participant is not None and participant.shape[0] != tokens.shape[0]:
+      raise InputError(f"--participant has {participant.shape[0]} frames but the input has "
+                       f"{tokens.shape[0]}")
+
+    k = args.num_samples
+    batch = np.broadcast_to(tokens, (k,) + tokens.shape)
+    part = None if participant is None else np.broadcast_to(participant,
+                                                            (k,) + participant.shape)
+    t0 = time.perf_counter()
+    before = api.compiled_programs()
+    motion = avatar.sample_motion(batch, seed=args.seed, num_steps=args.steps, participant=part,
+                                  temperature=args.temperature)
+    timings["sample"] = time.perf_counter() - t0
+    timings["compiled"] = api.compiled_programs() - before
+    seconds = tokens.shape[0] / api.C.FRAME_RATE
+    log(f"sampled {k} x {tokens.shape[0]} frames ({seconds:.2f} s) in {timings['sample']:.1f} s"
+        + (" (including compilation)" if timings["compiled"] else ""))
+
+    t0 = time.perf_counter()
+    waveforms = avatar.vocode(motion["mel"])
+    timings["vocoder"] = time.perf_counter() - t0
+    log(f"vocoded with {avatar.vocoder.name} in {timings['vocoder']:.1f} s")
+
+    base = _default_name(args)
+    names = [base] if k == 1 else [f"{base}_{i}" for i in range(k)]
+    for i, name in enumerate(names):
+      sample = avatar.motion_outputs(motion["mel"][i], motion["face"][i], motion["head"][i])
+      sample["waveform"] = waveforms[i]
+      if avatar.face_rig is not None:
+        from avflow_jax import face_rig  # pylint: disable=g-import-not-at-top
+        sample["rig_channels"] = face_rig.CHANNELS
+      meta = {"seed": args.seed, "sample_index": i, "num_steps": args.steps,
+              "temperature": args.temperature, "checkpoint_step": avatar.loaded.step}
+      write_sample(staging, name, sample, avatar=avatar, tokens=tokens, gt=gt, meta=meta,
+                   timings=timings)
+      log(f"[{i + 1}/{k}] {name}: wav, npz, mp4, png")
+    files = staging.commit()
+  except BaseException:
+    staging.abort()
+    raise
+  timings["total"] = time.perf_counter() - start
+  log(f"wrote {len(files)} files to {staging.output} in {timings['total']:.1f} s")
+  return {"files": files, "timings": timings}
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool):
+  """Keeps stderr for our errors: library warnings (orbax, absl, numpy) only with --verbose.
+
+  The previous logging state is restored on exit, so in-process callers (tests) are unaffected.
+  """
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  old_verbosity = logging.get_verbosity()
+  root = std_logging.getLogger()
+  old_level = root.level
+  with warnings.catch_warnings():
+    if verbose:
+      logging.set_verbosity(logging.INFO)
+    else:
+      logging.set_verbosity(logging.ERROR)
+      root.setLevel(std_logging.ERROR)
+      warnings.simplefilter("ignore")
+    try:
+      yield
+    finally:
+      logging.set_verbosity(old_verbosity)
+      root.setLevel(old_level)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    args = make_parser().parse_args(argv)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  with _quiet_libraries(args.verbose):
+    try:
+      run(args)
+    except InputError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_BAD_INPUT
+    except Exception as e:  # pylint: disable=broad-except
+      from avflow_jax import inference  # pylint: disable=g-import-not-at-top
+      if isinstance(e, inference.AvatarError):
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+      raise
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

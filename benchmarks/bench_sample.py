@@ -1,0 +1,140 @@
+r"""Times the whole sampling CLI path (tokens -> wav, npz, mp4, png) by stage.
+
+  python benchmarks/bench_sample.py --config configs/base.py --seconds 20   # random weights
+  python benchmarks/bench_sample.py --workdir /tmp/avflow --seconds 20 \
+      --vocoder-weights bigvgan.safetensors
+
+Runs `avflow_jax.sample` in-process twice on `--seconds` of random tokens: the first (cold) run
+is what a user of the CLI waits for; the second reuses the compiled sampler, so the difference
+of their sampling times is the compilation. With --config, a workdir with random weights and a
+manifest with plausible statistics is written first (not timed as part of the CLI path).
+
+Prints progress lines, then as its LAST line one JSON object: device, frames, bucket, params,
+import_s, load_s, compile_s, sample_s (after compilation), sample_realtime_factor, vocoder_s,
+render_mux_s (preview drawing + ffmpeg encode + audio mux), plot_s, write_s (wav + npz),
+total_cold_s (the CLI path with compilation), total_warm_s.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_T0 = time.perf_counter()
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from avflow_jax import api  # pylint: disable=g-import-not-at-top
+from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
+from avflow_jax import inference  # pylint: disable=g-import-not-at-top
+from avflow_jax import sample  # pylint: disable=g-import-not-at-top
+IMPORT_S = time.perf_counter() - _T0
+
+
+def load_config(path: str):
+  spec = importlib.util.spec_from_file_location("bench_cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def write_stats_manifest(data_dir: str, head_dim: int = 7) -> str:
+  """A shard-less manifest with plausible statistics (all the sampler reads from the data)."""
+  os.makedirs(data_dir, exist_ok=True)
+
+  def stat(mean, std, n):
+    return {"mean": list(np.broadcast_to(np.float64(mean), (n,)).tolist()),
+            "std": list(np.broadcast_to(np.float64(std), (n,)).tolist())}
+
+  head_mean = [1.0, 0, 0, 0, 0, 0, 0.6] if head_dim == 7 else [0.0] * head_dim
+  manifest = {
+      "format_version": 1, "source_format": "generic", "frame_rate": C.FRAME_RATE,
+      "sample_rate": C.SAMPLE_RATE, "hop_length": C.HOP_LENGTH,
+      "dims": {"mel": C.N_MELS, "tokens": C.TOKEN_DIM, "face": C.FACE_DIM, "head": head_dim,
+               "participant": 0},
+      "head_kind": "quat_trans" if head_dim == 7 else "a2p_4d",
+      "splits": {"train": {"shards": [], "clips": [], "hours": 0.0}},
+      "stats": {"mel": stat(C.MEL_MEAN, C.MEL_STD, C.N_MELS),
+                "tokens": stat(C.TOKEN_MEAN, C.TOKEN_STD, C.TOKEN_DIM),
+                "face": stat(0.0, 1.0, C.FACE_DIM),
+                "head": {"mean": head_mean, "std": [0.05] * head_dim}},
+      "face_decoder": None, "skipped": []}
+  with open(os.path.join(data_dir, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+  return data_dir
+
+
+def device_description() -> str:
+  d = jax.devices()[0]
+  kind = getattr(d, "device_kind", d.platform)
+  if d.platform == "cpu":
+    return f"cpu ({kind}, {os.cpu_count()} cores visible, {jax.device_count()} device(s))"
+  return f"{d.platform} ({kind}, {jax.device_count()} device(s))"
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  src = ap.add_mutually_exclusive_group()
+  src.add_argument("--workdir", help="a trained AV workdir")
+  src.add_argument("--config", default="configs/base.py",
+                   help="model config for a random-weight workdir (when no --workdir)")
+  ap.add_argument("--seconds", type=float, default=20.0, help="seconds of content")
+  ap.add_argument("--steps", type=int, default=8, help="Euler steps")
+  ap.add_argument("--vocoder-weights", default=None, help="BigVGAN safetensors (else Griffin-Lim)")
+  ap.add_argument("--keep", default=None, help="keep the outputs in this directory")
+  args = ap.parse_args()
+
+  tmp = tempfile.TemporaryDirectory(prefix="bench_sample_")
+  root = args.keep or tmp.name
+  result = {"device": device_description(), "seconds": args.seconds, "steps": args.steps,
+            "import_s": round(IMPORT_S, 3)}
+  workdir = args.workdir
+  if not workdir:
+    t0 = time.perf_counter()
+    config = load_config(args.config)
+    data_dir = write_stats_manifest(os.path.join(root, "data"))
+    workdir = inference.init_workdir(config, os.path.join(root, "run"), data_dir)
+    result["config"] = args.config
+    result["init_workdir_s"] = round(time.perf_counter() - t0, 2)
+    print(f"random-weight workdir from {args.config} in {result['init_workdir_s']} s", flush=True)
+  else:
+    result["workdir"] = workdir
+
+  frames = int(args.seconds * C.FRAME_RATE)
+  rng = np.random.default_rng(0)
+  tokens = (C.TOKEN_MEAN + C.TOKEN_STD * rng.standard_normal((frames, C.TOKEN_DIM)))
+  tokens_path = os.path.join(root, "tokens.npy")
+  np.save(tokens_path, tokens.astype(np.float32))
+
+  runs = []
+  for name in ("cold", "warm"):
+    argv = ["--workdir", workdir, "--tokens", tokens_path, "--output",
+            os.path.join(root, "out_" + name), "--steps", str(args.steps)]
+    if args.vocoder_weights:
+      argv += ["--vocoder-weights", args.vocoder_weights]
+    print(f"--- {name} run: python -m avflow_jax.sample {' '.join(argv)}", flush=True)
+    parsed = sample.make_parser().parse_args(argv)
+    runs.append(sample.run(parsed, log=lambda m: print("  " + m, flush=True))["timings"])
+  cold, warm = runs
+  loaded = inference.load_avatar(workdir)
+  result.update(
+      frames=frames, bucket=api.bucket_frames(frames),
+      params=inference.count_parameters(loaded.params["av"]),
+      vocoder="bigvgan" if args.vocoder_weights else "griffin_lim",
+      load_s=cold["load"], compile_s=max(cold["sample"] - warm["sample"], 0.0),
+      sample_s=warm["sample"], sample_realtime_factor=args.seconds / warm["sample"],
+      vocoder_s=warm["vocoder"], render_mux_s=warm["render"], plot_s=warm["plot"],
+      write_s=warm["write"], total_cold_s=cold["total"], total_warm_s=warm["total"],
+      cold_vocoder_s=cold["vocoder"], cold_render_mux_s=cold["render"],
+      load_average_1min=os.getloadavg()[0])  # Other processes on the box skew the times.
+  result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
