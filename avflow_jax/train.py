@@ -163,9 +163,9 @@ def load_or_train_head_vae(config, manifest, data_dir, workdir):
   if got != manifest["dims"]["head"]:
     raise ValueError(f"config.head_vae.workdir={vae_dir}: the VAE takes {got}-d head poses but "
                      f"the data has {manifest['dims']['head']}-d")
-  params = jax.device_put(params, jax.sharding.NamedSharding(
-      sharding.make_mesh(config.mesh), jax.sharding.PartitionSpec()))
-  return model, params
+  # Host numpy: the small frozen VAE is a constant of the jitted step, identical on every host
+  # (moving a device array onto a global sharding would be a cross-host transfer).
+  return model, jax.device_get(params)
 
 
 def _latest_step(workdir: str) -> Optional[int]:

@@ -67,7 +67,7 @@ def _padded_length(n: int, buckets: Sequence[int]) -> int:
 
 def extract_tokens(audio: np.ndarray, sample_rate: int, model: AsrModel,
                    chunk_seconds: float = DEFAULT_CHUNK_SECONDS, normalize: bool = True,
-                   progress: bool = False) -> np.ndarray:
+                   progress: Optional[bool] = None) -> np.ndarray:
   """Per-frame ASR token logits of a mono waveform.
 
   Args:
@@ -77,7 +77,8 @@ def extract_tokens(audio: np.ndarray, sample_rate: int, model: AsrModel,
     chunk_seconds: independent chunk length (memory is bounded by one chunk; attention cost
       grows with it). 100 s reproduces the official extraction.
     normalize: per-utterance zero-mean / unit-variance normalisation before chunking.
-    progress: show a tqdm bar over chunks (for hour-long files).
+    progress: show a tqdm bar over chunks; None = only for long files (> 10 chunks, i.e.
+      ~17 min at the default chunk size, which takes minutes on a CPU).
 
   Returns:
     (N_tok, 29) float32 unnormalised logits in `avflow_jax.constants.TOKEN_LABELS` order,
@@ -97,6 +98,9 @@ def extract_tokens(audio: np.ndarray, sample_rate: int, model: AsrModel,
   if not sample_rate or sample_rate <= 0:
     raise ValueError(f"extract_tokens: bad sample_rate {sample_rate}")
   cfg = model.config
+  if cfg.vocab_size != 32:
+    raise ValueError(f"extract_tokens: the token columns assume the 32-letter wav2vec2-960h "
+                     f"vocabulary, the model has vocab_size={cfg.vocab_size}")
   chunk = int(round(chunk_seconds * ASR_SAMPLE_RATE))
   if chunk < cfg.receptive_field:
     raise ValueError(f"extract_tokens: chunk_seconds={chunk_seconds} is shorter than the "
@@ -110,7 +114,7 @@ def extract_tokens(audio: np.ndarray, sample_rate: int, model: AsrModel,
   buckets = bucket_samples(chunk)
   starts = [s for s in range(0, len(x), chunk)
             if min(chunk, len(x) - s) >= cfg.receptive_field]
-  if progress:
+  if progress or (progress is None and len(starts) > 10):
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     starts = tqdm(starts, desc="asr chunks", unit="chunk")
   outs = []
