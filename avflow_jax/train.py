@@ -136,6 +136,7 @@ def head_vae_config(config):
   c.data.crop_frames = config.data.crop_frames
   c.num_steps = config.head_vae.steps
   c.vae.ff_dim = config.head_vae.get("ff_dim", c.vae.ff_dim)
+  c.vae.kld_weight = config.head_vae.get("kld_weight", c.vae.kld_weight)
   c.ckpt_every = max(config.head_vae.steps, 1)
   c.log_every = max(config.head_vae.steps // 10, 1)
   c.compilation_cache_dir = config.compilation_cache_dir

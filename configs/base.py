@@ -50,6 +50,7 @@ def get_config(arg=None):
   # first into WORKDIR/head_vae with configs/head_vae.py and the steps below.
   c.head_vae.steps = 3000  # Steps of that automatic VAE training.
   c.head_vae.ff_dim = 2048  # Feed-forward width of that VAE's transformer layers (official).
+  c.head_vae.kld_weight = 1.0  # KL weight of that VAE (official 1.0, trained for 500k steps).
 
   # ---- Flow matching loss ------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()

@@ -14,6 +14,9 @@ def get_config(arg=None):
   c.data.participant = True  # The demo actor smiles back at the participant: needs their features.
   c.head_vae.steps = 600  # The automatic head-VAE training.
   c.head_vae.ff_dim = 256  # A narrower VAE feed-forward: 2048 is memory-bound on a CPU.
+  # In 600 steps a KL weight of 1 collapses the posterior (the decoded head barely moves);
+  # 0.01 measured: reconstruction L1 0.23 vs 0.63 (normalised units) on the demo corpus.
+  c.head_vae.kld_weight = 0.01
   c.batch_size = 8
   c.num_steps = 3000
   c.optim.lr = 5e-4
