@@ -18,7 +18,7 @@ import numpy as np
 from avflow_jax import constants as C
 from data_prep.errors import BadInput
 
-# Nominal wav2vec2 frame rate: hop 320 at 16 kHz; each 100 s chunk loses one frame.
+# Nominal wav2vec2 frame rate: hop 320 at 16 kHz; each chunk (20 s by default) loses one frame.
 TOKEN_HOP_RATE = 50.0
 
 
@@ -123,8 +123,8 @@ def check_duration(path: str, num: int, rate: float, audio_seconds: float,
 
 
 def check_token_count(path: str, num: int, audio_seconds: float) -> None:
-  """Checks an ASR token stream (~50 Hz, one frame lost per 100 s chunk) against the audio."""
-  tolerance = 2.0 + math.ceil(audio_seconds / 100.0)
+  """Checks an ASR token stream (~50 Hz, one frame lost per chunk of >= 20 s) against the audio."""
+  tolerance = 2.0 + math.ceil(audio_seconds / 20.0)
   check_duration(path, num, TOKEN_HOP_RATE, audio_seconds, tolerance)
 
 
