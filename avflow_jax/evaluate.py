@@ -42,6 +42,7 @@ import numpy as np
 
 from avflow_jax import constants as C
 from avflow_jax import face_rig as face_rig_lib
+from avflow_jax import metric_writer
 from avflow_jax import metrics
 
 EXIT_BAD_INPUT = 2
@@ -520,19 +521,6 @@ def evaluate(args, log=print) -> dict[str, Any]:
   return report
 
 
-def _quiet_libraries(verbose: bool) -> None:
-  """Keeps stderr for our errors and the progress bar: library logs only with --verbose."""
-  import logging as std_logging  # pylint: disable=g-import-not-at-top
-  import warnings  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  if verbose:
-    logging.set_verbosity(logging.INFO)
-    return
-  logging.set_verbosity(logging.ERROR)
-  std_logging.getLogger().setLevel(std_logging.ERROR)
-  warnings.filterwarnings("ignore")
-
-
 def main(argv: Optional[list[str]] = None) -> int:
   """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
   argv = sys.argv[1:] if argv is None else argv
@@ -541,18 +529,18 @@ def main(argv: Optional[list[str]] = None) -> int:
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
-  _quiet_libraries(args.verbose)
-  try:
-    evaluate(args)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-  except Exception as e:  # pylint: disable=broad-except
-    from avflow_jax import inference  # pylint: disable=g-import-not-at-top
-    if isinstance(e, inference.AvatarError):
+  with metric_writer.quiet_cli_logs(args.verbose):
+    try:
+      evaluate(args)
+    except InputError as e:
       print(f"error: {e}", file=sys.stderr)
       return EXIT_BAD_INPUT
-    raise
+    except Exception as e:  # pylint: disable=broad-except
+      from avflow_jax import inference  # pylint: disable=g-import-not-at-top
+      if isinstance(e, inference.AvatarError):
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+      raise
   return 0
 
 

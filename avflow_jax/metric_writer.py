@@ -75,3 +75,29 @@ def quiet_library_logs() -> None:
   """Hides the libraries' per-checkpoint INFO lines so progress lines stay readable."""
   from absl import logging as absl_logging
   absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
+
+
+@contextlib.contextmanager
+def quiet_cli_logs(verbose: bool):
+  """Keeps stderr for our errors: library warnings (orbax, absl, numpy) only with --verbose.
+
+  The previous logging state is restored on exit, so in-process callers (tests) are unaffected.
+  """
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  old_verbosity = logging.get_verbosity()
+  root = std_logging.getLogger()
+  old_level = root.level
+  with warnings.catch_warnings():
+    if verbose:
+      logging.set_verbosity(logging.INFO)
+    else:
+      logging.set_verbosity(logging.ERROR)
+      root.setLevel(std_logging.ERROR)
+      warnings.simplefilter("ignore")
+    try:
+      yield
+    finally:
+      logging.set_verbosity(old_verbosity)
+      root.setLevel(old_level)

@@ -33,6 +33,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from avflow_jax import metric_writer
+
 EXIT_BAD_INPUT = 2
 MIN_AUDIO_FRAMES = 8  # As data prep: shorter audio gives nothing the ASR model can read.
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this the audio is treated as silent.
@@ -377,32 +379,6 @@ def run(args, log=print) -> dict[str, Any]:
   return {"files": files, "timings": timings}
 
 
-@contextlib.contextmanager
-def _quiet_libraries(verbose: bool):
-  """Keeps stderr for our errors: library warnings (orbax, absl, numpy) only with --verbose.
-
-  The previous logging state is restored on exit, so in-process callers (tests) are unaffected.
-  """
-  import logging as std_logging  # pylint: disable=g-import-not-at-top
-  import warnings  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  old_verbosity = logging.get_verbosity()
-  root = std_logging.getLogger()
-  old_level = root.level
-  with warnings.catch_warnings():
-    if verbose:
-      logging.set_verbosity(logging.INFO)
-    else:
-      logging.set_verbosity(logging.ERROR)
-      root.setLevel(std_logging.ERROR)
-      warnings.simplefilter("ignore")
-    try:
-      yield
-    finally:
-      logging.set_verbosity(old_verbosity)
-      root.setLevel(old_level)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
   """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
   argv = sys.argv[1:] if argv is None else argv
@@ -411,7 +387,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
-  with _quiet_libraries(args.verbose):
+  with metric_writer.quiet_cli_logs(args.verbose):
     try:
       run(args)
     except InputError as e:
