@@ -9,7 +9,9 @@ def get_config(arg=None):
   c.model.d_model = 128  # Tower width.
   c.model.hidden_dim = 256  # Feed-forward width.
   c.model.num_heads = 4  # Head dim 32.
-  c.model.windows = (16, 8)  # The paper's window.
+  # The demo actor smiles 0.4-0.9 s after the participant and holds it up to ~1.7 s after they
+  # stop: 4 layers x 48 left frames see 2.2 s back (with 16, 0.74 s: F1_smiles 0.41 vs 0.70).
+  c.model.windows = (48, 8)
   c.data.crop_frames = 256  # ~3 s segments.
   c.data.participant = True  # The demo actor smiles back at the participant: needs their features.
   c.head_vae.steps = 600  # The automatic head-VAE training.
