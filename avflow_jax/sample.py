@@ -23,7 +23,6 @@ cannot be written) stops with one line on stderr and exit code 2.
 """
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys

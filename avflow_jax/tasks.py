@@ -7,14 +7,10 @@
 """
 
 import dataclasses
-import os
 from typing import Any, Callable
 
-from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from avflow_jax import flow
 from avflow_jax import input_pipeline

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from absl import app
 from absl import flags

@@ -9,7 +9,6 @@ Linear(2d, 2d) over [audio ; visual] is split and added back to both towers.
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
