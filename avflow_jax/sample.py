@@ -32,7 +32,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-from avflow_jax import metric_writer
 
 EXIT_BAD_INPUT = 2
 MIN_AUDIO_FRAMES = 8  # As data prep: shorter audio gives nothing the ASR model can read.
@@ -380,25 +379,8 @@ def run(args, log=print) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
   """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
-  argv = sys.argv[1:] if argv is None else argv
-  try:
-    args = make_parser().parse_args(argv)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-  with metric_writer.quiet_cli_logs(args.verbose):
-    try:
-      run(args)
-    except InputError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return EXIT_BAD_INPUT
-    except Exception as e:  # pylint: disable=broad-except
-      from avflow_jax import inference  # pylint: disable=g-import-not-at-top
-      if isinstance(e, inference.AvatarError):
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-      raise
-  return 0
+  from avflow_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.run(argv, make_parser, run, (InputError,))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+"""The shared shape of the package's command-line entry points (sample, evaluate)."""
+
+import sys
+from typing import Callable, Optional, Sequence
+
+from avflow_jax import metric_writer
+
+EXIT_BAD_INPUT = 2  # Bad input: one `error:` line on stderr, no traceback.
+
+
+def run(argv: Optional[Sequence[str]], make_parser: Callable, body: Callable,
+        input_errors: tuple[type, ...]) -> int:
+  """Parses argv and runs body(args); input errors (and AvatarError) become exit code 2."""
+  from avflow_jax import inference  # pylint: disable=g-import-not-at-top
+  bad_input = tuple(input_errors) + (inference.AvatarError,)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    args = make_parser().parse_args(argv)
+  except bad_input as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  with metric_writer.quiet_cli_logs(args.verbose):
+    try:
+      body(args)
+    except bad_input as e:
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_BAD_INPUT
+  return 0
