@@ -370,6 +370,7 @@ class TextToTokensModel:
   config: Any
   model: Any
   params: Any
+  step: int = 0  # Training step of the loaded checkpoint.
 
 
 def load_text_to_tokens(workdir: str, which: str = "ema") -> TextToTokensModel:
@@ -388,8 +389,8 @@ def load_text_to_tokens(workdir: str, which: str = "ema") -> TextToTokensModel:
     model = text_to_tokens.make_model(config)
   except (ValueError, TypeError) as e:
     raise AvatarError(f"{workdir}/config.json: {e}") from e
-  _, params = inference.load_tree(workdir, which, f"--t2t-workdir {workdir}")
-  return TextToTokensModel(workdir, config, model, params)
+  step, params = inference.load_tree(workdir, which, f"--t2t-workdir {workdir}")
+  return TextToTokensModel(workdir, config, model, params, int(step))
 
 
 def text_to_tokens(text: str, t2t: TextToTokensModel, seed: int = 0) -> np.ndarray:

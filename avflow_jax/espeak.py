@@ -260,8 +260,9 @@ def phonemize(text: str, voice: str = "en-us", preserve_punctuation: bool = True
     _set_voice(lib, voice)
     for i, piece in enumerate(pieces):
       if i % 2 == 1:  # a punctuation run (split keeps the captured separators at odd indices).
-        mark = piece.strip()
-        out.append(mark + (" " if piece.endswith((" ", "\t", "\n")) else ""))
+        # Keep the spacing on both sides: 'it "true"' must not become 'ɪt"tɹˈuː"'.
+        out.append((" " if piece[:1].isspace() else "") + piece.strip()
+                   + (" " if piece[-1:].isspace() else ""))
       elif piece.strip():
         ph = _phonemize_chunk(lib, piece)
         if out and not out[-1].endswith(" ") and piece[:1].isspace():

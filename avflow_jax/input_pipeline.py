@@ -72,11 +72,15 @@ class DecodedClips:
 
   A training crop needs a few seconds of a clip but reading the record costs the whole clip, so
   clips are kept decoded (up to `cache_mb` per process) and later crops of them are free.
+  With `keep`, only those fields are returned and cached (e.g. the tokens for text-to-tokens
+  training: a few hundred kB of a many-MB record).
   """
 
-  def __init__(self, paths: Sequence[str], cache_mb: float = 0):
+  def __init__(self, paths: Sequence[str], cache_mb: float = 0,
+               keep: Optional[Sequence[str]] = None):
     self._source = grain.sources.ArrayRecordDataSource(list(paths))
     self._paths = list(paths)
+    self._keep = None if keep is None else frozenset(keep)
     self._budget = cache_mb * 2**20
     self._cache: "collections.OrderedDict[int, dict]" = collections.OrderedDict()
     self._bytes = 0
@@ -90,6 +94,8 @@ class DecodedClips:
       self._cache.move_to_end(index)
       return clip
     clip = records.decode_record(self._source[index])
+    if self._keep is not None:
+      clip = {k: v for k, v in clip.items() if k in self._keep}
     size = sum(v.nbytes for v in clip.values() if isinstance(v, np.ndarray))
     if self._budget and size <= self._budget:
       self._cache[index] = clip

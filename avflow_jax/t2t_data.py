@@ -32,7 +32,7 @@ from avflow_jax.text import frontend
 from avflow_jax.text import symbols
 
 # Bump when the text front end changes the ids it produces (invalidates cached indices).
-INDEX_VERSION = 1
+INDEX_VERSION = 3
 
 
 def clip_utterances(clip: dict[str, Any], where: str) -> list[tuple[str, int, int]]:
@@ -90,8 +90,8 @@ def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
     cache_dir: if set, the index is saved there and reused while the split is unchanged.
 
   Returns:
-    [{"record": global record index, "start", "end": frames, "ids": list of int}] in record
-    order (utterances that phonemise to nothing are left out).
+    [{"record": global record index, "start", "end": frames, "text": str, "ids": list of int}]
+    in record order (utterances that phonemise to nothing are left out).
   """
   data_dir = os.path.expanduser(data_dir)
   manifest = input_pipeline.load_manifest(data_dir)
@@ -118,7 +118,8 @@ def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
       if ids.size <= int(add_blank):  # nothing but blanks: no speech to align.
         empty += 1
         continue
-      index.append({"record": i, "start": start, "end": end, "ids": ids.tolist()})
+      index.append({"record": i, "start": start, "end": end, "text": text,
+                    "ids": ids.tolist()})
     if (i + 1) % 500 == 0 or i + 1 == n:
       rate = (i + 1) / max(time.time() - t0, 1e-9)
       logging.info("t2t data: indexed %d/%d %s records (%.0f/s, ETA %.0f s), %d utterances",
@@ -132,6 +133,19 @@ def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
       json.dump(index, f)
     os.replace(tmp, cache)  # atomic: concurrent processes never read a partial file.
   return index
+
+
+def text_key(text: str) -> str:
+  """Case- and spacing-insensitive identity of a sentence (for held-out sentence sets)."""
+  return " ".join(text.lower().split())
+
+
+def drop_texts(index: list[dict[str, Any]], texts: set[str]) -> list[dict[str, Any]]:
+  """Leaves out utterances whose `text_key` is in `texts` (logged)."""
+  kept = [u for u in index if text_key(u["text"]) not in texts]
+  logging.info("t2t data: held out %d of %d utterances (%d held-out sentences)",
+               len(index) - len(kept), len(index), len(texts))
+  return kept
 
 
 def filter_index(index: list[dict[str, Any]], max_symbols: int,
@@ -154,12 +168,18 @@ def filter_index(index: list[dict[str, Any]], max_symbols: int,
 
 
 class LoadUtterance(grain.transforms.Map):
-  """Index entry -> padded example, reading the record's tokens lazily."""
+  """Index entry -> padded example, reading the record's tokens lazily.
 
-  def __init__(self, paths: list[str], max_symbols: int, max_frames: int):
+  A record holds a whole clip (audio, mel, face, ...) but an utterance needs only its tokens,
+  so the decoded tokens are cached per record (`cache_mb` per process; 0 = re-read each time).
+  """
+
+  def __init__(self, paths: list[str], max_symbols: int, max_frames: int,
+               cache_mb: float = 0):
     self.paths = paths
     self.max_symbols = max_symbols
     self.max_frames = max_frames
+    self.cache_mb = cache_mb
     self._source = None
 
   def __getstate__(self):  # Workers reopen the shards themselves.
@@ -169,8 +189,9 @@ class LoadUtterance(grain.transforms.Map):
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
     if self._source is None:
-      self._source = grain.sources.ArrayRecordDataSource(self.paths)
-    clip = records.decode_record(self._source[element["record"]])
+      self._source = input_pipeline.DecodedClips(self.paths, self.cache_mb,
+                                                 keep=("name", "tokens"))
+    clip = self._source[element["record"]]
     start, end = element["start"], element["end"]
     tokens = np.asarray(clip["tokens"], np.float32)[start:end]
     if tokens.ndim != 2 or tokens.shape[1] != constants.TOKEN_DIM:
@@ -190,7 +211,8 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
                      shuffle: bool = True, add_blank: bool = True,
                      process_index: Optional[int] = None, process_count: Optional[int] = None,
                      num_workers: int = 0, cache_dir: Optional[str] = None,
-                     index: Optional[list[dict[str, Any]]] = None) -> grain.IterDataset:
+                     index: Optional[list[dict[str, Any]]] = None,
+                     holdout_split: str = "", cache_mb: float = 0) -> grain.IterDataset:
   """Per-process batches of padded (ids, tokens) utterances.
 
   Args:
@@ -207,6 +229,9 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
     num_workers: Grain worker processes (0 = read in this process).
     cache_dir: where to cache the phonemised utterance index (None = rebuild every time).
     index: a prebuilt `build_utterance_index` result (skips the reading pass).
+    holdout_split: if set (and not `split`), utterances whose sentence also occurs in that
+      split are left out, so its sentences stay unseen text.
+    cache_mb: per-process cache of decoded record tokens (0 = decode a record per utterance).
 
   Returns:
     A grain IterDataset of numpy batch dicts (drop_remainder batching).
@@ -220,6 +245,10 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
   per_process = batch_size // process_count
   if index is None:
     index = build_utterance_index(data_dir, split, add_blank=add_blank, cache_dir=cache_dir)
+  if holdout_split and holdout_split != split:
+    held = build_utterance_index(data_dir, holdout_split, add_blank=add_blank,
+                                 cache_dir=cache_dir)
+    index = drop_texts(index, {text_key(u["text"]) for u in held})
   index = filter_index(index, max_symbols, max_frames)
   if len(index) < batch_size:
     raise ValueError(f"{data_dir} split {split!r}: {len(index)} usable utterances, fewer than "
@@ -234,7 +263,7 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
     # Equal work on every process: cut to whole global batches before slicing.
     ds = ds[:len(ds) // batch_size * batch_size]
   ds = ds[process_index::process_count]
-  ds = ds.map(LoadUtterance(paths, max_symbols, max_frames))
+  ds = ds.map(LoadUtterance(paths, max_symbols, max_frames, cache_mb))
   ds = ds.batch(per_process, drop_remainder=True)
   it = ds.to_iter_dataset()
   if num_workers > 0:

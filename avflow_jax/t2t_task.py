@@ -28,7 +28,9 @@ def build_t2t_task(config, manifest: dict, data_dir: str) -> tasks.Task:
         data_dir, split, config.batch_size, seed, max_symbols, max_frames,
         add_blank=config.data.add_blank, process_index=first // local,
         process_count=config.batch_size // local, num_workers=config.data.num_workers,
-        cache_dir=config.data.get("index_cache"))
+        cache_dir=config.data.get("index_cache"),
+        holdout_split=config.data.get("holdout_split", ""),
+        cache_mb=config.data.get("cache_mb", 0))
 
   task = tasks.Task("text_to_tokens", init, loss_fn, make_dataset, max_frames)
   task.model = model

@@ -27,6 +27,13 @@ def test_phonemize_keeps_question_and_quotes():
   assert '?"' in out
 
 
+def test_phonemize_keeps_the_space_before_an_opening_quote():
+  # The words either side of a mark stay separate words: 'it "true"' is not 'ɪt"tɹˈuː"'.
+  assert espeak.phonemize('is it "true"?') == 'ɪz ɪt "tɹˈuː"?'
+  assert espeak.phonemize("x — y") == "ˈɛks — wˈaɪ"
+  assert espeak.phonemize("Hello, world.") == "həlˈoʊ, wˈɜːld."
+
+
 def test_synthesize_audio_and_events():
   audio, events = espeak.synthesize("Peter baked a bumpy pie for my mother.")
   assert audio.dtype == np.int16 and audio.ndim == 1
