@@ -176,7 +176,8 @@ class Avatar:
     if self.loaded.uses_participant:
       if participant is None:
         raise AvatarError("this avatar is dyadic (trained with participant features): pass "
-                          f"participant (T, {self.dims['participant']})")
+                          f"participant (T, {self.dims['participant']}), e.g. "
+                          "avatar.neutral_participant(T)")
       part = self._check_stream("participant", participant, self.dims["participant"])
       if part.shape[1] != tok.shape[1]:
         raise AvatarError(f"participant has {part.shape[1]} frames, tokens {tok.shape[1]}")
@@ -186,6 +187,16 @@ class Avatar:
       raise AvatarError("participant given, but this avatar was trained without participant "
                         "features (config.data.participant is False)")
     return tok, part, batched
+
+  def neutral_participant(self, num_frames: int) -> np.ndarray:
+    """(num_frames, 87) still, mostly silent listener: the training mean of the features.
+
+    For dyadic avatars driven by text or speech alone, where no listener was recorded.
+    """
+    if not self.loaded.uses_participant:
+      raise AvatarError("this avatar was trained without participant features")
+    mean = np.asarray(self.loaded.manifest["stats"]["participant"]["mean"], np.float32)
+    return np.broadcast_to(mean, (int(num_frames), mean.size)).copy()
 
   # ---- Sampling --------------------------------------------------------------------------------
 

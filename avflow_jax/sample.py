@@ -61,7 +61,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="noise seed")
   p.add_argument("--num-samples", type=int, default=1, help="samples of the same input")
   p.add_argument("--temperature", type=float, default=1.0, help="scale of the initial noise")
-  p.add_argument("--participant", help="(T, 87) participant features .npy (dyadic avatars)")
+  p.add_argument("--participant", help="(T, 87) participant features .npy (dyadic avatars; "
+                 "default: a still, silent listener, the training mean)")
   p.add_argument("--asr-weights", help="wav2vec2-base-960h model.safetensors (for --audio)")
   p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
   p.add_argument("--t2t-workdir", help="text-to-tokens training workdir (for --text)")
@@ -335,6 +336,11 @@ def run(args, log=print) -> dict[str, Any]:
     if participant is not None and participant.shape[0] != tokens.shape[0]:
       raise InputError(f"--participant has {participant.shape[0]} frames but the input has "
                        f"{tokens.shape[0]}")
+
+    if participant is None and avatar.loaded.uses_participant:
+      participant = avatar.neutral_participant(tokens.shape[0])
+      log("dyadic avatar and no --participant: the listener is still and silent (the "
+          "training mean of the participant features)")
 
     k = args.num_samples
     batch = np.broadcast_to(tokens, (k,) + tokens.shape)

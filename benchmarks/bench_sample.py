@@ -1,8 +1,8 @@
-r"""Times the whole sampling CLI path (tokens -> wav, npz, mp4, png) by stage.
+r"""Times the whole sampling CLI path (tokens -> wav, npz, mp4, png) by stage, and text -> tokens.
 
   python benchmarks/bench_sample.py --config configs/base.py --seconds 20   # random weights
   python benchmarks/bench_sample.py --workdir /tmp/avflow --seconds 20 \
-      --vocoder-weights bigvgan.safetensors
+      --vocoder-weights bigvgan.safetensors --t2t-workdir /tmp/t2t
 
 Runs `avflow_jax.sample` in-process twice on `--seconds` of random tokens: the first (cold) run
 is what a user of the CLI waits for; the second reuses the compiled sampler, so the difference
@@ -12,7 +12,13 @@ manifest with plausible statistics is written first (not timed as part of the CL
 Prints progress lines, then as its LAST line one JSON object: device, frames, bucket, params,
 import_s, load_s, compile_s, sample_s (after compilation), sample_realtime_factor, vocoder_s,
 render_mux_s (preview drawing + ffmpeg encode + audio mux), plot_s, write_s (wav + npz),
-total_cold_s (the CLI path with compilation), total_warm_s.
+total_cold_s (the CLI path with compilation), total_warm_s; and for text -> tokens (the
+Matcha-style model of --t2t-config with random weights, or a trained --t2t-workdir) on a
+passage of about --seconds of speech: t2t_frontend_s (cleaning + eSpeak NG + ids),
+t2t_compile_s, t2t_s (the jitted synthesis, 10 Euler steps, mean of 3 warm runs), t2t_frames,
+and text_to_av_s = t2t_frontend_s + t2t_s + sample_s (text in, motion and mel out, compiled).
+With random weights the predicted durations are meaningless, so the output is fixed at the
+--seconds bucket instead of following them.
 """
 
 import argparse
@@ -34,6 +40,13 @@ from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
 from avflow_jax import inference  # pylint: disable=g-import-not-at-top
 from avflow_jax import sample  # pylint: disable=g-import-not-at-top
 IMPORT_S = time.perf_counter() - _T0
+
+# About 20 s of read speech (~55 words at 165 words per minute); repeated for longer --seconds.
+PASSAGE = ("The little harbour town woke slowly that morning. Fishing boats rocked against the "
+           "stone pier while gulls argued over scraps. At the bakery on the corner, Maria "
+           "pulled the first loaves from the oven and set them by the window, where the smell "
+           "of warm bread drifted out into the quiet street and reached the sleepy sailors.")
+PASSAGE_SECONDS = 20.0
 
 
 def load_config(path: str):
@@ -69,6 +82,59 @@ def write_stats_manifest(data_dir: str, head_dim: int = 7) -> str:
   return data_dir
 
 
+def time_text_to_tokens(seconds: float, t2t_config: str, t2t_workdir=None) -> dict:
+  """Times text -> tokens on about `seconds` of speech (see the module docstring)."""
+  from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
+  from avflow_jax.text import frontend  # pylint: disable=g-import-not-at-top
+  text = " ".join([PASSAGE] * max(1, round(seconds / PASSAGE_SECONDS)))
+  if t2t_workdir:
+    t2t = api.load_text_to_tokens(t2t_workdir)
+    config, model, params = t2t.config, t2t.model, t2t.params
+  else:
+    spec = importlib.util.spec_from_file_location("t2t_cfg", t2t_config)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    model = t2t_lib.make_model(config)
+    params = t2t_lib.init_params(model, jax.random.PRNGKey(0), 64, 64)
+  t0 = time.perf_counter()
+  ids = frontend.text_to_ids(text, add_blank=bool(config.data.get("add_blank", True)))
+  frontend_s = time.perf_counter() - t0
+  n_sym = -(-ids.size // 64) * 64
+  ids_pad = np.zeros((1, n_sym), np.int32)
+  ids_pad[0, :ids.size] = ids
+  max_frames = api.bucket_frames(int(seconds * C.FRAME_RATE))
+  if t2t_workdir:  # a trained model: its own durations, in a buffer large enough for them.
+    max_frames = api.bucket_frames(int(2 * seconds * C.FRAME_RATE))
+  s = config.sample
+  length_scale = float(s.get("length_scale", 1.0))
+  if not t2t_workdir:  # random weights: stretch so the output fills the buffer.
+    length_scale = 100.0
+
+  def run():
+    tokens, lengths = t2t_lib.synthesize(
+        params, model, jax.numpy.asarray(ids_pad), jax.numpy.asarray([ids.size], np.int32),
+        jax.random.PRNGKey(0), n_steps=int(s.get("num_steps", 10)),
+        temperature=float(s.get("temperature", 0.667)), length_scale=length_scale,
+        max_frames=max_frames)
+    return jax.block_until_ready(tokens), int(lengths[0])
+
+  t0 = time.perf_counter()
+  run()
+  cold = time.perf_counter() - t0
+  times, n = [], 0
+  for _ in range(3):
+    t0 = time.perf_counter()
+    _, n = run()
+    times.append(time.perf_counter() - t0)
+  warm = float(np.mean(times))
+  return {"t2t_symbols": int(ids.size), "t2t_frames": n, "t2t_buffer_frames": max_frames,
+          "t2t_seconds_out": n / C.FRAME_RATE, "t2t_frontend_s": frontend_s,
+          "t2t_compile_s": max(cold - warm, 0.0), "t2t_s": warm,
+          "t2t_params": inference.count_parameters(params),
+          "t2t_source": t2t_workdir or t2t_config}
+
+
 def device_description() -> str:
   d = jax.devices()[0]
   kind = getattr(d, "device_kind", d.platform)
@@ -87,6 +153,11 @@ def main():
   ap.add_argument("--steps", type=int, default=8, help="Euler steps")
   ap.add_argument("--vocoder-weights", default=None, help="BigVGAN safetensors (else Griffin-Lim)")
   ap.add_argument("--keep", default=None, help="keep the outputs in this directory")
+  t2t = ap.add_mutually_exclusive_group()
+  t2t.add_argument("--t2t-workdir", help="a trained text-to-tokens workdir")
+  t2t.add_argument("--t2t-config", default="configs/text_to_tokens.py",
+                   help="text-to-tokens config for random weights (when no --t2t-workdir)")
+  ap.add_argument("--no-t2t", action="store_true", help="skip the text -> tokens timing")
   args = ap.parse_args()
 
   tmp = tempfile.TemporaryDirectory(prefix="bench_sample_")
@@ -132,6 +203,10 @@ def main():
       write_s=warm["write"], total_cold_s=cold["total"], total_warm_s=warm["total"],
       cold_vocoder_s=cold["vocoder"], cold_render_mux_s=cold["render"],
       load_average_1min=os.getloadavg()[0])  # Other processes on the box skew the times.
+  if not args.no_t2t:
+    print("--- text -> tokens", flush=True)
+    result.update(time_text_to_tokens(args.seconds, args.t2t_config, args.t2t_workdir))
+    result["text_to_av_s"] = result["t2t_frontend_s"] + result["t2t_s"] + result["sample_s"]
   result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
   print(json.dumps(result))
 
