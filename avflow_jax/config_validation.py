@@ -46,7 +46,15 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
   elif config.task == "head_vae":
     if not dims.get("head"):
       _fail("data.dir", f"the data has no head-pose stream (dims {dims})")
-  elif config.task != "text_to_tokens":
+  elif config.task == "text_to_tokens":
+    held = config.data.get("holdout_split", "")
+    splits = sorted(manifest.get("splits", {}))
+    if held and held not in splits:
+      _fail("data.holdout_split", f"{held!r} is not a split of the data (has {splits}; "
+            "'' holds nothing out)")
+    if held and held == config.data.get("train_split", "train"):
+      _fail("data.holdout_split", f"{held!r} is the training split: nothing would be left")
+  else:
     _fail("task", f"{config.task!r}: use 'av', 'head_vae' or 'text_to_tokens'")
 
 

@@ -5,7 +5,7 @@ Usage:
       --config.data.dir=/path/to/shards --workdir /tmp/t2t
   python -m avflow_jax.train --config configs/text_to_tokens.py:tiny ...   # smoke-test sizes
   python -m avflow_jax.train --config configs/text_to_tokens.py:demo --workdir /tmp/t2t_demo
-      # demo corpus, ~18 min on a 2-core CPU; scored by benchmarks/eval_text_to_tokens.py
+      # demo corpus, ~17 min on a 2-core CPU; scored by python -m avflow_jax.evaluate_text
 
 Shared knobs (mesh, logging, checkpoints, runtime) come from configs/base.py.
 """
@@ -107,7 +107,7 @@ def _demo_overrides(c: ml_collections.ConfigDict) -> None:
   c.data.max_symbols = 160  # Longest demo utterance: 139 ids with blanks.
   c.data.max_frames = 320  # Longest demo utterance: 311 frames (3.6 s).
   c.data.crop_frames = c.data.max_frames
-  c.data.holdout_split = "val"  # Val sentences are unseen text (benchmarks/eval_text_to_tokens.py).
+  c.data.holdout_split = "val"  # Val sentences stay unseen text (for avflow_jax.evaluate_text).
   m = c.model
   m.enc_channels = 128
   m.enc_filters = 512

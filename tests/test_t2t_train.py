@@ -32,3 +32,42 @@ def test_text_to_tokens_trains_and_resumes_through_train_py(demo_shards, tmp_pat
   again = train.train_and_evaluate(config, workdir)
   assert train.checkpointing.latest_checkpoint_dir(workdir)[0] == 9
   assert np.isfinite(again["loss"])
+
+
+def test_holdout_split_keeps_its_sentences_out_of_training(demo_shards, tmp_path):
+  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
+  cache = str(tmp_path / "index")
+  val = t2t_data.build_utterance_index(demo_shards, "val", cache_dir=cache)
+  train_index = t2t_data.build_utterance_index(demo_shards, "train", cache_dir=cache)
+  held = {t2t_data.text_key(u["text"]) for u in val}
+  overlap = [u for u in train_index if t2t_data.text_key(u["text"]) in held]
+  assert overlap, "the 2-minute demo corpus should repeat some val sentences in train"
+  val_ids = {tuple(u["ids"]) for u in val}
+
+  def example_ids(holdout):
+    ds = t2t_data.make_t2t_dataset(demo_shards, "train", 1, 0, 512, 1024, num_epochs=1,
+                                   shuffle=False, cache_dir=cache, holdout_split=holdout,
+                                   cache_mb=64)
+    return [tuple(b["ids"][0, :b["ids_len"][0]]) for b in ds]
+
+  kept, everything = example_ids("val"), example_ids("")
+  assert len(everything) - len(kept) == len(overlap)
+  assert not val_ids & set(kept)
+  assert val_ids & set(everything)
+
+
+def test_config_variants_and_holdout_validation(demo_shards):
+  from avflow_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from avflow_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  manifest = input_pipeline.load_manifest(demo_shards)
+  demo = text_to_tokens.get_config("demo")
+  assert demo.data.holdout_split == "val" and demo.num_steps > 0
+  config_validation.validate(demo, manifest, 1, 1)
+  demo.data.holdout_split = "vall"
+  with pytest.raises(ValueError, match=r"config.data.holdout_split: 'vall' is not a split"):
+    config_validation.validate(demo, manifest, 1, 1)
+  demo.data.holdout_split = "train"
+  with pytest.raises(ValueError, match="is the training split"):
+    config_validation.validate(demo, manifest, 1, 1)
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    text_to_tokens.get_config("huge")
