@@ -37,7 +37,6 @@ DEFAULT_BUCKET = 256  # Frames (2.97 s): at most 255 padded frames of work per c
 # (a full-scale sine peaks near 2.5); an untrained or diverged model can emit far larger values,
 # which would overflow exp() inside the vocoder.
 MEL_VOCODER_RANGE = (math.log(1e-5), 5.0)
-_FRAMES_PER_SYMBOL = 12  # Text: generous first guess of frames per id; doubled if it truncates.
 VIDEO_FPS = C.VIDEO_FPS
 
 
@@ -427,14 +426,12 @@ def text_to_tokens(text: str, t2t: TextToTokensModel, seed: int = 0) -> np.ndarr
   ids_pad = np.zeros((1, n_sym), np.int32)
   ids_pad[0, :ids.size] = ids
   s = t2t.config.sample
-  max_frames = -(-ids.size * _FRAMES_PER_SYMBOL // DEFAULT_BUCKET) * DEFAULT_BUCKET
-  while True:
-    tokens, lengths = t2t_lib.synthesize(
-        t2t.params, t2t.model, jnp.asarray(ids_pad),
-        jnp.asarray([ids.size], jnp.int32), jax.random.PRNGKey(seed),
-        n_steps=int(s.get("num_steps", 10)), temperature=float(s.get("temperature", 0.667)),
-        length_scale=float(s.get("length_scale", 1.0)), max_frames=max_frames)
-    n = int(lengths[0])
-    if n < max_frames or max_frames >= 64 * DEFAULT_BUCKET:
-      return np.asarray(tokens[0, :n], np.float32)
-    max_frames *= 2  # The predicted durations filled the buffer: retry without truncation.
+  length_scale = float(s.get("length_scale", 1.0))
+  ids_pad, ids_len = jnp.asarray(ids_pad), jnp.asarray([ids.size], jnp.int32)
+  # Durations first (encoder only), so the decoder runs on the bucket of the real length.
+  n = int(t2t_lib.predict_lengths(t2t.params, t2t.model, ids_pad, ids_len, length_scale)[0])
+  tokens, lengths = t2t_lib.synthesize(
+      t2t.params, t2t.model, ids_pad, ids_len, jax.random.PRNGKey(seed),
+      n_steps=int(s.get("num_steps", 10)), temperature=float(s.get("temperature", 0.667)),
+      length_scale=length_scale, max_frames=bucket_frames(n))
+  return np.asarray(tokens[0, :int(lengths[0])], np.float32)

@@ -25,6 +25,7 @@ Metrics (F1 of lip-closure frames, pooled over frames like `avflow_jax.evaluate`
   F1_lips_speech_unseen     sentence frames of sentences the text model never trained on
   token_agreement           DTW-aligned frames whose most likely character agrees
   duration_ratio            predicted / recorded sentence length, mean over sentences
+  gt_closed_in_pauses       share of the recorded lip-closure frames outside sentences
 A sentence counts as seen when it also occurs in the text model's training split (none do
 when the run held the evaluated split out with `config.data.holdout_split`).
 
@@ -348,6 +349,8 @@ def evaluate_text(args, log=print) -> dict[str, Any]:
     events.add("clip", closed["gt"][obs], closed["text"][obs])
     events.add("clip_gt_tokens", closed["gt"][obs], closed["gt_tokens"][obs])
     clip_rows.append({"clip": name, "frames": n, "speech_frames": int(speech.sum()),
+                      "gt_closed_frames": int(closed["gt"][obs].sum()),
+                      "gt_closed_speech_frames": int(closed["gt"][obs & speech].sum()),
                       "text_driven_frames": int(len(driven["tokens"])),
                       "F1_lips": metrics.f1_binary(closed["gt"][obs], closed["text"][obs]),
                       "F1_lips_gt_tokens": metrics.f1_binary(closed["gt"][obs],
@@ -364,6 +367,10 @@ def evaluate_text(args, log=print) -> dict[str, Any]:
       "token_agreement": float(np.mean([r["token_agreement"] for r in rows])),
       "duration_ratio": float(np.mean([r["pred_frames"] / r["gt_frames"] for r in rows])),
   }
+  closed_total = sum(r["gt_closed_frames"] for r in clip_rows)
+  values["gt_closed_in_pauses"] = (
+      1.0 - sum(r["gt_closed_speech_frames"] for r in clip_rows) / closed_total
+      if closed_total else None)
   timings["total"] = time.perf_counter() - start
   report = {
       "format_version": REPORT_VERSION,
@@ -402,6 +409,7 @@ _MEANING = {
     "F1_lips_speech_unseen": "sentence frames of sentences the text model never saw",
     "token_agreement": "DTW-aligned frames whose most likely character agrees",
     "duration_ratio": "predicted / recorded sentence length",
+    "gt_closed_in_pauses": "share of the recorded lip-closure frames that lie in pauses",
 }
 
 

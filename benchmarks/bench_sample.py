@@ -15,7 +15,9 @@ render_mux_s (preview drawing + ffmpeg encode + audio mux), plot_s, write_s (wav
 total_cold_s (the CLI path with compilation), total_warm_s; and for text -> tokens (the
 Matcha-style model of --t2t-config with random weights, or a trained --t2t-workdir) on a
 passage of about --seconds of speech: t2t_frontend_s (cleaning + eSpeak NG + ids),
-t2t_compile_s, t2t_s (the jitted synthesis, 10 Euler steps, mean of 3 warm runs), t2t_frames,
+t2t_compile_s, t2t_s (durations, then the jitted synthesis with 10 Euler steps on the
+256-frame bucket of the predicted length, as `api.text_to_tokens`; mean of 3 warm runs),
+t2t_frames,
 and text_to_av_s = t2t_frontend_s + t2t_s + sample_s (text in, motion and mel out, compiled).
 With random weights the predicted durations are meaningless, so the output is fixed at the
 --seconds bucket instead of following them.
@@ -103,20 +105,22 @@ def time_text_to_tokens(seconds: float, t2t_config: str, t2t_workdir=None) -> di
   n_sym = -(-ids.size // 64) * 64
   ids_pad = np.zeros((1, n_sym), np.int32)
   ids_pad[0, :ids.size] = ids
-  max_frames = api.bucket_frames(int(seconds * C.FRAME_RATE))
-  if t2t_workdir:  # a trained model: its own durations, in a buffer large enough for them.
-    max_frames = api.bucket_frames(int(2 * seconds * C.FRAME_RATE))
   s = config.sample
+  ids_pad, ids_len = jax.numpy.asarray(ids_pad), jax.numpy.asarray([ids.size], np.int32)
   length_scale = float(s.get("length_scale", 1.0))
-  if not t2t_workdir:  # random weights: stretch so the output fills the buffer.
+  if t2t_workdir:  # a trained model: its own durations, sized as api.text_to_tokens does.
+    max_frames = api.bucket_frames(int(t2t_lib.predict_lengths(params, model, ids_pad, ids_len,
+                                                               length_scale)[0]))
+  else:  # random weights: durations are meaningless; stretch them to fill --seconds.
+    max_frames = api.bucket_frames(int(seconds * C.FRAME_RATE))
     length_scale = 100.0
 
   def run():
+    lengths = t2t_lib.predict_lengths(params, model, ids_pad, ids_len, length_scale)
     tokens, lengths = t2t_lib.synthesize(
-        params, model, jax.numpy.asarray(ids_pad), jax.numpy.asarray([ids.size], np.int32),
-        jax.random.PRNGKey(0), n_steps=int(s.get("num_steps", 10)),
-        temperature=float(s.get("temperature", 0.667)), length_scale=length_scale,
-        max_frames=max_frames)
+        params, model, ids_pad, ids_len, jax.random.PRNGKey(0),
+        n_steps=int(s.get("num_steps", 10)), temperature=float(s.get("temperature", 0.667)),
+        length_scale=length_scale, max_frames=max_frames)
     return jax.block_until_ready(tokens), int(lengths[0])
 
   t0 = time.perf_counter()

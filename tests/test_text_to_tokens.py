@@ -156,6 +156,9 @@ def test_synthesize_shapes_and_determinism(tiny):
   for b in range(3):
     assert float(jnp.abs(tokens[b, lengths[b]:]).max(initial=0.0)) == 0.0
     assert float(jnp.abs(tokens[b, :lengths[b]]).min()) > 0.0
+  # predict_lengths (used to size the output buffer) gives the same lengths, uncapped.
+  np.testing.assert_array_equal(t2t.predict_lengths(params, model, ids, ids_len),
+                                np.maximum(want.sum(1), 1).astype(np.int32))
 
 
 @pytest.mark.parametrize("length_scale", [1.0, 1.5])

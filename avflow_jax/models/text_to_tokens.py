@@ -500,18 +500,35 @@ def loss_fn(params, batch, rng, model: TextToTokens, train: bool = True):
                 "diff_loss": diff_loss}
 
 
+def _durations(logw, x_mask, length_scale):
+  """Frames per symbol, ceil(exp(logw)) * length_scale (0 on padding), and their sums."""
+  w_ceil = jnp.ceil(jnp.exp(logw) * x_mask[..., 0]) * length_scale
+  return w_ceil, jnp.floor(jnp.sum(w_ceil, axis=1))
+
+
 def regulate_lengths(logw, x_mask, length_scale, max_frames: int):
   """Predicted durations -> (path (B, S, T), lengths (B,)) on a fixed frame grid.
 
   Durations are ceil(exp(logw)) * length_scale; the length is their sum (truncated to an
   integer, at least 1, at most `max_frames`).
   """
-  w = jnp.exp(logw) * x_mask[..., 0]
-  w_ceil = jnp.ceil(w) * length_scale
-  lengths = jnp.clip(jnp.floor(jnp.sum(w_ceil, axis=1)), 1, max_frames).astype(jnp.int32)
+  w_ceil, total = _durations(logw, x_mask, length_scale)
+  lengths = jnp.clip(total, 1, max_frames).astype(jnp.int32)
   y_mask = sequence_mask(lengths, max_frames)
   path = mas.durations_to_path(w_ceil, max_frames) * y_mask[:, None, :, 0]
   return path, lengths
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def predict_lengths(params, model: TextToTokens, ids, ids_len, length_scale=1.0):
+  """(B,) int32 frames `synthesize` will produce (before its `max_frames` cap).
+
+  The encoder and duration predictor only (a small fraction of synthesis), so callers can size
+  the output buffer to the utterance instead of guessing.
+  """
+  _, logw, x_mask = model.apply({"params": params}, ids, ids_len.astype(jnp.int32), False,
+                                method=TextToTokens.encode)
+  return jnp.maximum(_durations(logw, x_mask, length_scale)[1], 1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "n_steps", "max_frames"))
