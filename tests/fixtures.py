@@ -72,3 +72,22 @@ def write_synthetic_shards(out_dir: str, n_train: int = 12, n_val: int = 4, fram
   with open(os.path.join(out_dir, "manifest.json"), "w") as f:
     json.dump(manifest, f)
   return out_dir
+
+
+def random_bigvgan_state_dict(config, seed: int = 0, std: float = 0.1) -> dict:
+  """A BigVGAN generator state dict (weight-norm spelling) with random weights.
+
+  The anti-aliasing filters are the real Kaiser-sinc ones (they are buffers, not weights), the
+  weight-norm gains stay in [0.3, 0.8] so activations neither vanish nor explode.
+  """
+  from avflow_jax.models import bigvgan as bv  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  sd = {}
+  for k, shape in bv.state_dict_shapes(config).items():
+    if k.endswith("filter"):
+      sd[k] = bv.kaiser_sinc_filter().reshape(shape)
+    elif k.endswith("weight_g"):
+      sd[k] = rng.uniform(0.3, 0.8, shape).astype(np.float32)
+    else:
+      sd[k] = rng.normal(0, std, shape).astype(np.float32)
+  return sd

@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 
 from avflow_jax import convert_bigvgan
 from avflow_jax.models import bigvgan as bv
+from tests import fixtures
 
 # A small config of the same architecture type as the base model (AMPBlock1, snakebeta logscale).
 SMALL = dict(num_mels=80, upsample_initial_channel=32, resblock="1", upsample_rates=[4, 4],
@@ -116,16 +117,7 @@ def test_parametrization_spelling_and_fused_weights():
 
 
 def _random_state_dict(config, seed=0):
-  rng = np.random.RandomState(seed)
-  sd = {}
-  for k, shape in bv.state_dict_shapes(config).items():
-    if k.endswith("filter"):
-      sd[k] = bv.kaiser_sinc_filter().reshape(shape)
-    elif k.endswith("weight_g"):
-      sd[k] = rng.uniform(0.3, 0.8, shape).astype(np.float32)
-    else:
-      sd[k] = rng.normal(0, 0.1, shape).astype(np.float32)
-  return sd
+  return fixtures.random_bigvgan_state_dict(config, seed, std=0.1)
 
 
 def _base_keys_from_spec():

@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from safetensors.numpy import save_file
 from avflow_jax import constants
 from avflow_jax import vocoder as voc
 from avflow_jax.models import bigvgan as bv
+from tests import fixtures
 
 TINY = dict(num_mels=80, upsample_initial_channel=16, upsample_rates=[4, 4],
             upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3],
@@ -61,15 +61,7 @@ def test_griffin_lim_round_trip():
 
 def _tiny_checkpoint(tmp_path, seed=0):
   config = bv.BigVGANConfig.from_dict(TINY)
-  rng = np.random.RandomState(seed)
-  sd = {}
-  for k, shape in bv.state_dict_shapes(config).items():
-    if k.endswith("filter"):
-      sd[k] = bv.kaiser_sinc_filter().reshape(shape)
-    elif k.endswith("weight_g"):
-      sd[k] = rng.uniform(0.3, 0.8, shape).astype(np.float32)
-    else:
-      sd[k] = rng.normal(0, 0.3, shape).astype(np.float32)
+  sd = fixtures.random_bigvgan_state_dict(config, seed, std=0.3)
   path = tmp_path / "bigvgan_generator.safetensors"
   save_file(sd, str(path))
   (tmp_path / "config.json").write_text(json.dumps(TINY))
