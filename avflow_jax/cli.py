@@ -1,11 +1,23 @@
-"""The shared shape of the package's command-line entry points (sample, evaluate)."""
+"""The shared shape of the package's command-line entry points (sample, evaluate, ...)."""
 
+import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
 from avflow_jax import metric_writer
 
 EXIT_BAD_INPUT = 2  # Bad input: one `error:` line on stderr, no traceback.
+
+
+class InputError(Exception):
+  """Bad command-line input; the message is printed as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """An argparse parser whose usage errors raise InputError (so `run` prints one line)."""
+
+  def error(self, message):
+    raise InputError(message)
 
 
 def run(argv: Optional[Sequence[str]], make_parser: Callable, body: Callable,

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from avflow_jax import cli
 from avflow_jax import constants as C
 from avflow_jax import face_rig as face_rig_lib
 from avflow_jax import metrics
@@ -61,18 +62,11 @@ _PER_CLIP_KEYS = ("F1_lips", "F1_smiles", "Div_h", "Div_e", "BC_h", "BC_e", "MCD
                   "gt_BC_h", "gt_BC_e")
 
 
-class InputError(Exception):
-  """Bad command-line input; the message is printed as one line."""
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise InputError(message)
+InputError = cli.InputError
 
 
 def make_parser() -> argparse.ArgumentParser:
-  p = _ArgumentParser(prog="python -m avflow_jax.evaluate",
+  p = cli.ArgumentParser(prog="python -m avflow_jax.evaluate",
                       description="Scores a trained AV-Flow avatar on held-out clips.")
   p.add_argument("--workdir", required=True, help="AV training workdir (config.json, checkpoints)")
   p.add_argument("--split", default="val", help="manifest split to evaluate (default: val)")
@@ -522,7 +516,6 @@ def evaluate(args, log=print) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
   """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
-  from avflow_jax import cli  # pylint: disable=g-import-not-at-top
   return cli.run(argv, make_parser, evaluate, (InputError,))
 
 

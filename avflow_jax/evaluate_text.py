@@ -49,13 +49,13 @@ from avflow_jax import evaluate as evaluate_lib
 from avflow_jax import face_rig as face_rig_lib
 from avflow_jax import metrics
 
-InputError = evaluate_lib.InputError
+InputError = cli.InputError
 REPORT_VERSION = 1
 PLOTTED_UTTERANCES = 4
 
 
 def make_parser() -> argparse.ArgumentParser:
-  p = evaluate_lib._ArgumentParser(  # pylint: disable=protected-access
+  p = cli.ArgumentParser(
       prog="python -m avflow_jax.evaluate_text",
       description="Scores a text-to-tokens run through an AV-Flow avatar (lip closures).")
   p.add_argument("--t2t-workdir", required=True, help="text-to-tokens training workdir")
@@ -64,7 +64,7 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--output", help="report JSON path (default: T2T_WORKDIR/eval_text/"
                                   "SPLIT-stepSTEP/report.json)")
   p.add_argument("--steps", type=int, default=8, help="Euler steps of the avatar's sampler")
-  p.add_argument("--seed", type=int, default=0, help="noise seed (utterance i uses seed + i)")
+  p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
   p.add_argument("--max-clips", type=int, help="evaluate only the first N clips of the split")
   p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
   p.add_argument("--data-dir", help="shard directory, if it moved since training")

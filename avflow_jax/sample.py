@@ -32,24 +32,19 @@ from typing import Any, Optional
 
 import numpy as np
 
+from avflow_jax import cli
+
 
 EXIT_BAD_INPUT = 2
 MIN_AUDIO_FRAMES = 8  # As data prep: shorter audio gives nothing the ASR model can read.
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this the audio is treated as silent.
 
 
-class InputError(Exception):
-  """Bad command-line input; the message is printed as one line."""
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise InputError(message)
+InputError = cli.InputError
 
 
 def make_parser() -> argparse.ArgumentParser:
-  p = _ArgumentParser(prog="python -m avflow_jax.sample",
+  p = cli.ArgumentParser(prog="python -m avflow_jax.sample",
                       description="Samples a trained AV-Flow avatar.")
   p.add_argument("--workdir", required=True, help="AV training workdir (config.json, checkpoints)")
   src = p.add_mutually_exclusive_group()
@@ -385,7 +380,6 @@ def run(args, log=print) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
   """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
-  from avflow_jax import cli  # pylint: disable=g-import-not-at-top
   return cli.run(argv, make_parser, run, (InputError,))
 
 
