@@ -40,6 +40,10 @@ MEL_VOCODER_RANGE = (math.log(1e-5), 5.0)
 VIDEO_FPS = C.VIDEO_FPS
 
 
+# Longest text -> tokens output of one call (190 s): the decoder's attention grows with its square.
+MAX_TEXT_FRAMES = 64 * 256
+
+
 def bucket_frames(t: int, buckets: Union[int, Sequence[int]] = DEFAULT_BUCKET) -> int:
   """The padded length for `t` frames.
 
@@ -188,9 +192,11 @@ class Avatar:
     return tok, part, batched
 
   def neutral_participant(self, num_frames: int) -> np.ndarray:
-    """(num_frames, 87) still, mostly silent listener: the training mean of the features.
+    """(num_frames, 87) an average listener: the training mean of the participant features.
 
-    For dyadic avatars driven by text or speech alone, where no listener was recorded.
+    For dyadic avatars driven by text or speech alone, where no listener was recorded. It does
+    not move; whether it reads as silent depends on the data (in the demo corpus the listener is
+    mostly silent, so the mean of its 29 ASR logits is blank-dominated).
     """
     if not self.loaded.uses_participant:
       raise AvatarError("this avatar was trained without participant features")
@@ -430,6 +436,11 @@ def text_to_tokens(text: str, t2t: TextToTokensModel, seed: int = 0) -> np.ndarr
   ids_pad, ids_len = jnp.asarray(ids_pad), jnp.asarray([ids.size], jnp.int32)
   # Durations first (encoder only), so the decoder runs on the bucket of the real length.
   n = int(t2t_lib.predict_lengths(t2t.params, t2t.model, ids_pad, ids_len, length_scale)[0])
+  if n > MAX_TEXT_FRAMES:  # also catches a broken checkpoint's inf durations (int32 max).
+    raise AvatarError(f"--text ({ids.size} symbols): the predicted speech is {n} frames "
+                      f"({n / C.FRAME_RATE:.0f} s), more than the {MAX_TEXT_FRAMES} frames "
+                      f"({MAX_TEXT_FRAMES / C.FRAME_RATE:.0f} s) one call synthesises; split "
+                      "the text into shorter pieces")
   tokens, lengths = t2t_lib.synthesize(
       t2t.params, t2t.model, ids_pad, ids_len, jax.random.PRNGKey(seed),
       n_steps=int(s.get("num_steps", 10)), temperature=float(s.get("temperature", 0.667)),

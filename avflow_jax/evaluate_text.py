@@ -35,6 +35,7 @@ one line on stderr and exit code 2.
 """
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -124,8 +125,12 @@ def _middle_match(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 
 # ---- The run -------------------------------------------------------------------------------------
 
-def _clips(loaded, split: str):
-  """Yields (clip name, record, [(text, start, end)] sorted by start) for the split's clips."""
+def _clips(loaded, split: str, strict: bool = True):
+  """Yields (clip name, record, [(text, start, end)] sorted by start) for the split's clips.
+
+  With `strict`, overlapping utterances are an InputError naming the clip; otherwise (reading
+  the training split only for its statistics) the clip is still yielded.
+  """
   from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
   shards, entries = evaluate_lib.split_entries(loaded.data_dir, loaded.manifest, split)
   for e, record in evaluate_lib.iter_records(shards, entries):
@@ -133,44 +138,53 @@ def _clips(loaded, split: str):
     try:
       utts = sorted(t2t_data.clip_utterances(record, where), key=lambda u: u[1])
     except ValueError as err:
+      if not strict:
+        continue
       raise InputError(str(err)) from err
-    for (_, _, prev_end), (text, start, _) in zip(utts, utts[1:]):
-      if start < prev_end:
-        raise InputError(f"{where}: utterance {text!r} starts at frame {start}, before the "
-                         f"previous one ends ({prev_end})")
+    if strict:
+      for (_, _, prev_end), (text, start, _) in zip(utts, utts[1:]):
+        if start < prev_end:
+          raise InputError(f"{where}: utterance {text!r} starts at frame {start}, before the "
+                           f"previous one ends ({prev_end})")
     yield e["name"], record, utts
 
 
-def silence_tokens(loaded, split: str) -> np.ndarray:
-  """(29,) mean token frame outside the utterances of a split: what the ASR sees in a pause.
+def speakable(utts: list, add_blank: bool = True) -> tuple[list, list]:
+  """Splits utterances into (speakable, unspeakable): the latter phonemise to nothing.
 
-  The pauses between sentences get this frame (from the training data, not the evaluated clip),
-  so the avatar is driven by text alone.
+  Training skips such utterances (t2t_data.build_utterance_index); here they count as pauses.
   """
-  total, count = np.zeros((C.TOKEN_DIM,), np.float64), 0
-  for _, record, utts in _clips(loaded, split):
+  from avflow_jax.text import frontend  # pylint: disable=g-import-not-at-top
+  keep, drop = [], []
+  for u in utts:
+    (keep if frontend.text_to_ids(u[0], add_blank=add_blank).size > int(add_blank)
+     else drop).append(u)
+  return keep, drop
+
+
+def training_split_summary(loaded, t2t_config, train_split: str):
+  """One pass over the training split: (pause token frame or None, sentences the text model saw).
+
+  The pause frame is the mean token frame outside utterances (what the ASR sees in a pause; from
+  the training data, never the evaluated clip), None when the split has no pause at all. The
+  seen sentences are the `text_key`s of the training split's utterances, minus those of the
+  text model's `data.holdout_split` (as its training left them out).
+  """
+  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
+  total, count, seen = np.zeros((C.TOKEN_DIM,), np.float64), 0, set()
+  for _, record, utts in _clips(loaded, train_split, strict=False):
     tokens = np.asarray(record["tokens"], np.float64)
     pause = np.ones((tokens.shape[0],), bool)
-    for _, s, e in utts:
+    for text, s, e in utts:
       pause[s:e] = False
+      seen.add(t2t_data.text_key(text))
     total += tokens[pause].sum(0)
     count += int(pause.sum())
-  if not count:
-    raise InputError(f"split {split!r} has no frame outside its utterances: cannot estimate "
-                     "the tokens of a pause")
-  return (total / count).astype(np.float32)
-
-
-def _seen_texts(t2t_config, loaded, split: str) -> set[str]:
-  """Sentences the text model trained on (its train split minus the held-out split's)."""
-  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
-  train_split = t2t_config.data.get("train_split", "train")
-  if train_split == split:
-    return {"*"}  # evaluating on the training split: everything is seen.
-  if t2t_config.data.get("holdout_split", "") == split:
-    return set()
-  return {t2t_data.text_key(text) for _, _, utts in _clips(loaded, train_split)
-          for text, _, _ in utts}
+  held = t2t_config.data.get("holdout_split", "")
+  if held and held != train_split:
+    seen -= {t2t_data.text_key(text) for _, _, utts in _clips(loaded, held, strict=False)
+             for text, _, _ in utts}
+  return ((total / count).astype(np.float32) if count else None), seen
 
 
 def text_driven_clip(record: dict, utts: list, predict, silence: np.ndarray) -> dict:
@@ -180,7 +194,7 @@ def text_driven_clip(record: dict, utts: list, predict, silence: np.ndarray) -> 
     record: decoded clip record (its "tokens" give the ground-truth time axis).
     utts: [(text, start, end)] sorted, non-overlapping.
     predict: text, utterance index -> (N, 29) predicted tokens.
-    silence: (29,) token frame for the pauses.
+    silence: (29,) token frame for the pauses (None: the clip must have none).
 
   Returns:
     {"tokens": (T', 29) text-driven tokens, "gen_of_gt": (T,) frame of the text-driven
@@ -196,6 +210,9 @@ def text_driven_clip(record: dict, utts: list, predict, silence: np.ndarray) -> 
     nonlocal pos, cursor
     n = until - cursor
     if n > 0:
+      if silence is None:
+        raise ValueError(f"frames [{cursor}, {until}) lie outside every utterance, but the "
+                         "training split has no pause to learn a pause token from")
       pieces.append(np.broadcast_to(silence, (n, C.TOKEN_DIM)))
       gen_of_gt[cursor:until] = pos + np.arange(n)
       gt_of_gen.append(cursor + np.arange(n))
@@ -275,8 +292,8 @@ def evaluate_text(args, log=print) -> dict[str, Any]:
                      "face_decoder is null), so lip closures cannot be read from face codes")
   log(f"loaded {t2t.workdir} (step {t2t.step}) and {loaded.workdir} (step {loaded.step})")
   train_split = loaded.config.data.get("train_split", "train")
-  silence = silence_tokens(loaded, train_split)
-  seen = _seen_texts(t2t.config, loaded, args.split)
+  silence, seen = training_split_summary(loaded, t2t.config, train_split)
+  add_blank = bool(t2t.config.data.get("add_blank", True))
 
   output = args.output or os.path.join(t2t.workdir, "eval_text",
                                        f"{args.split}-step{t2t.step}", "report.json")
@@ -287,22 +304,39 @@ def evaluate_text(args, log=print) -> dict[str, Any]:
   except OSError as e:
     raise InputError(f"--output {output}: cannot create {out_dir} ({e.strerror})") from e
 
-  clips = [c for c in _clips(loaded, args.split) if c[2]]
-  if not clips:
-    raise InputError(f"--split {args.split!r}: no clip has utterances (record field "
-                     "'utterances' or 'text')")
-  if args.max_clips:
-    clips = clips[:args.max_clips]
+  def evaluated_clips():
+    """Clips with at least one speakable sentence, read one at a time (up to --max-clips)."""
+    for name, record, utts in _clips(loaded, args.split):
+      utts, dropped = speakable(utts, add_blank)
+      if dropped:
+        log(f"clip {name}: {len(dropped)} utterance(s) with no speakable symbols count as "
+            f"pauses ({dropped[0][0]!r}, ...)")
+      if utts:
+        needed = ("tokens", "face") + (("participant",) if loaded.uses_participant else ())
+        missing = [k for k in needed if k not in record]
+        if missing:
+          raise InputError(f"{loaded.data_dir} split {args.split!r} clip {name!r}: record has "
+                           f"no {', '.join(missing)} field")
+        yield name, record, utts
+
   lip = face_rig_lib.CHANNELS.index("lip_closure")
   events, rows, clip_rows, plotted = _Events(), [], [], []
   timings = {"text_to_tokens": 0.0, "sample": 0.0}
-  bar = tqdm(clips, unit="clip", desc=f"evaluate_text {args.split}", file=sys.stderr,
-             dynamic_ncols=True)
+  bar = tqdm(itertools.islice(evaluated_clips(), args.max_clips), unit="clip",
+             desc=f"evaluate_text {args.split}", file=sys.stderr, dynamic_ncols=True)
   for i, (name, record, utts) in enumerate(bar):
     t0 = time.perf_counter()
-    driven = text_driven_clip(
-        record, utts, lambda text, k: api.text_to_tokens(text, t2t, seed=args.seed + 1000 * i + k),
-        silence)
+
+    def predict(text, k, i=i, name=name):
+      try:
+        return api.text_to_tokens(text, t2t, seed=args.seed + 100_000 * i + k)
+      except api.AvatarError as e:
+        raise InputError(f"clip {name!r} sentence {k} ({text!r}): {e}") from e
+
+    try:
+      driven = text_driven_clip(record, utts, predict, silence)
+    except ValueError as e:
+      raise InputError(f"clip {name!r}: {e}") from e
     t1 = time.perf_counter()
     part = (np.asarray(record["participant"], np.float32) if loaded.uses_participant else None)
     gt_tokens = np.asarray(record["tokens"], np.float32)
@@ -357,6 +391,9 @@ def evaluate_text(args, log=print) -> dict[str, Any]:
                                                              closed["gt_tokens"][obs])})
     bar.set_postfix(F1=f"{clip_rows[-1]['F1_lips']:.3f}")
   bar.close()
+  if not rows:
+    raise InputError(f"--split {args.split!r}: no clip has a speakable utterance (record field "
+                     "'utterances' or 'text')")
 
   values = {
       "F1_lips": events.f1("clip"),

@@ -57,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--num-samples", type=int, default=1, help="samples of the same input")
   p.add_argument("--temperature", type=float, default=1.0, help="scale of the initial noise")
   p.add_argument("--participant", help="(T, 87) participant features .npy (dyadic avatars; "
-                 "default: a still, silent listener, the training mean)")
+                 "default: a still, average listener, the training mean)")
   p.add_argument("--asr-weights", help="wav2vec2-base-960h model.safetensors (for --audio)")
   p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
   p.add_argument("--t2t-workdir", help="text-to-tokens training workdir (for --text)")
@@ -334,7 +334,7 @@ def run(args, log=print) -> dict[str, Any]:
 
     if participant is None and avatar.loaded.uses_participant:
       participant = avatar.neutral_participant(tokens.shape[0])
-      log("dyadic avatar and no --participant: the listener is still and silent (the "
+      log("dyadic avatar and no --participant: the listener is a still, average one (the "
           "training mean of the participant features)")
 
     k = args.num_samples

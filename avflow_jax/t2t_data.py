@@ -17,7 +17,9 @@ import collections
 import hashlib
 import json
 import os
+import re
 import time
+import unicodedata
 from typing import Any, Optional
 
 from absl import logging
@@ -136,8 +138,9 @@ def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
 
 
 def text_key(text: str) -> str:
-  """Case- and spacing-insensitive identity of a sentence (for held-out sentence sets)."""
-  return " ".join(text.lower().split())
+  """Identity of a sentence for held-out sets: NFKC, case, punctuation and spacing ignored."""
+  text = unicodedata.normalize("NFKC", text).lower()
+  return " ".join(re.sub(r"[^\w\s]", " ", text).split())
 
 
 def drop_texts(index: list[dict[str, Any]], texts: set[str]) -> list[dict[str, Any]]:

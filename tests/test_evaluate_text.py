@@ -70,6 +70,49 @@ def test_text_driven_clip_keeps_pauses_and_maps_both_ways():
   assert [(u["gen_start"], u["gen_end"]) for u in out["utterances"]] == [(10, 24), (39, 45)]
 
 
+def test_text_driven_clip_without_a_pause_token():
+  rng = np.random.default_rng(2)
+  gt = _segment_tokens([4, 0, 6], [5, 4, 5], rng)
+  pred = _segment_tokens([4, 0, 6], [7, 3, 6], rng)
+  # One sentence spanning the whole clip needs no pause frame at all.
+  out = evaluate_text.text_driven_clip({"tokens": gt}, [("all", 0, 14)], lambda t, k: pred, None)
+  assert out["tokens"].shape == pred.shape and out["gen_of_gt"].shape == (14,)
+  with pytest.raises(ValueError, match=r"frames \[0, 2\) lie outside every utterance"):
+    evaluate_text.text_driven_clip({"tokens": gt}, [("late", 2, 14)], lambda t, k: pred, None)
+
+
+def test_unspeakable_utterances_are_set_aside():
+  keep, drop = evaluate_text.speakable([("Hello there.", 0, 10), ("♪", 12, 20),
+                                        ("No.", 25, 30)])
+  assert [u[0] for u in keep] == ["Hello there.", "No."] and drop == [("♪", 12, 20)]
+
+
+def test_text_key_ignores_case_punctuation_and_spacing():
+  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
+  assert t2t_data.text_key("Hello, world.") == t2t_data.text_key("hello   WORLD") == "hello world"
+  assert t2t_data.text_key("Ｈｅｌｌｏ!") == "hello"  # NFKC folds full-width letters.
+  assert t2t_data.text_key("Hello world") != t2t_data.text_key("Hello words")
+
+
+def test_training_split_summary_respects_the_holdout(demo_shards):
+  import types  # pylint: disable=g-import-not-at-top
+  from avflow_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  loaded = types.SimpleNamespace(data_dir=demo_shards,
+                                 manifest=input_pipeline.load_manifest(demo_shards))
+  keys = lambda split: {t2t_data.text_key(u["text"]) for u in
+                        t2t_data.build_utterance_index(demo_shards, split, add_blank=False)}
+  config = ml_collections.ConfigDict({"data": {"holdout_split": ""}})
+  silence, seen = evaluate_text.training_split_summary(loaded, config, "train")
+  assert silence.shape == (C.TOKEN_DIM,) and np.isfinite(silence).all()
+  assert int(np.argmax(silence)) == 0  # pauses are blank-dominated ASR frames.
+  assert seen == keys("train") and seen & keys("val")
+  config.data.holdout_split = "val"
+  _, seen_held = evaluate_text.training_split_summary(loaded, config, "train")
+  assert seen_held == keys("train") - keys("val") and not seen_held & keys("val")
+
+
 @pytest.fixture(scope="module")
 def runs(demo_shards, tmp_path_factory):
   """A dyadic tiny avatar and a tiny text-to-tokens run (random weights) on the demo shards."""
@@ -81,7 +124,7 @@ def runs(demo_shards, tmp_path_factory):
   config.data.participant = True
   av = inference.init_workdir(config, str(root / "av"), demo_shards)
   t2t = test_sample._t2t_workdir(str(root / "t2t"), demo_shards)  # pylint: disable=protected-access
-  return {"av": av, "t2t": t2t, "root": root}
+  return {"av": av, "t2t": t2t, "root": root, "data": demo_shards}
 
 
 def test_cli_scores_text_driven_lips(runs):
@@ -97,7 +140,12 @@ def test_cli_scores_text_driven_lips(runs):
               "token_agreement"):
     assert 0.0 <= m[key] <= 1.0, (key, m[key])
   assert m["duration_ratio"] > 0 and math.isfinite(m["duration_ratio"])
-  # The tiny run trained on the whole train split; the report says which sentences it saw.
+  # The tiny run trained on the whole train split: a sentence is seen iff it occurs there.
+  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
+  train_keys = {t2t_data.text_key(u["text"]) for u in
+                t2t_data.build_utterance_index(str(runs["data"]), "train")}
+  for u in report["utterances"]:
+    assert u["seen"] == (t2t_data.text_key(u["text"]) in train_keys), u["text"]
   assert report["num_unseen"] == sum(not u["seen"] for u in report["utterances"])
   for u in report["utterances"]:
     assert u["text"] and 0 <= u["start"] < u["end"] and u["pred_frames"] > 0
@@ -116,6 +164,14 @@ def test_cli_bad_input_is_one_line(runs, capsys, tmp_path):
   assert not os.path.exists(tmp_path / "r.json")
 
 
+def test_text_longer_than_one_call_is_refused(runs, monkeypatch):
+  from avflow_jax import api  # pylint: disable=g-import-not-at-top
+  t2t = api.load_text_to_tokens(runs["t2t"])
+  monkeypatch.setattr(api, "MAX_TEXT_FRAMES", 4)
+  with pytest.raises(api.AvatarError, match="split the text into shorter pieces"):
+    api.text_to_tokens("Peter baked a bumpy pie for my mother.", t2t)
+
+
 def test_sample_text_with_a_dyadic_avatar_needs_no_listener(runs, capsys):
   """The README's text path on the demo avatar: no --participant, a still listener is used."""
   from avflow_jax import sample  # pylint: disable=g-import-not-at-top
@@ -124,6 +180,6 @@ def test_sample_text_with_a_dyadic_avatar_needs_no_listener(runs, capsys):
                     runs["t2t"], "--output", str(out), "--steps", "1"])
   captured = capsys.readouterr()
   assert rc == 0, captured.err
-  assert "still and silent" in captured.out + captured.err
+  assert "still, average one" in captured.out + captured.err
   with np.load(out / "text.npz") as z:
     assert z["face"].shape[0] == z["tokens"].shape[0] > 0
