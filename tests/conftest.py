@@ -1,6 +1,16 @@
 """Test setup: 8 fake CPU devices (set before JAX starts) and shared fixtures."""
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# librosa's numba kernels (onset peak picking, DTW) cache their compiled code next to their
+# sources (cache=True). Two pytest-xdist workers compiling the same kernel in a fresh install can
+# load each other's half-written cache files and segfault, so each test process gets its own
+# cache directory (set before anything imports numba).
+os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="avflow_numba_cache_")
+atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], ignore_errors=True)
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
