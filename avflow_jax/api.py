@@ -417,7 +417,11 @@ def text_to_tokens(text: str, t2t: TextToTokensModel, seed: int = 0) -> np.ndarr
     t2t: a loaded text-to-tokens run.
     seed: noise seed of its flow sampler.
   """
-  from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
+  return tokens_from_ids(text_ids(text, t2t), t2t, seed, what=f"--text ({text[:40]!r})")
+
+
+def text_ids(text: str, t2t: TextToTokensModel) -> np.ndarray:
+  """Text -> symbol ids as the run was trained (front end, blanks); AvatarError if unspeakable."""
   from avflow_jax.text import frontend  # pylint: disable=g-import-not-at-top
   if not text or not text.strip():
     raise AvatarError("--text is empty")
@@ -428,7 +432,18 @@ def text_to_tokens(text: str, t2t: TextToTokensModel, seed: int = 0) -> np.ndarr
     raise AvatarError(f"--text {text!r}: the text front end failed ({e})") from e
   if ids.size <= int(add_blank):
     raise AvatarError(f"--text {text!r}: no speakable symbols after phonemisation")
-  n_sym = -(-ids.size // 64) * 64  # Symbol buckets too: one program per 64 ids.
+  return ids
+
+
+def tokens_from_ids(ids: np.ndarray, t2t: TextToTokensModel, seed: int = 0,
+                    what: str = "--text") -> np.ndarray:
+  """Symbol ids -> (T, 29) token logits: durations first, then synthesis on their bucket.
+
+  Ids are padded to multiples of 64 and frames to `bucket_frames` of the predicted length, so
+  texts of similar length share one compiled program.
+  """
+  from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
+  n_sym = -(-ids.size // 64) * 64
   ids_pad = np.zeros((1, n_sym), np.int32)
   ids_pad[0, :ids.size] = ids
   s = t2t.config.sample
@@ -437,7 +452,7 @@ def text_to_tokens(text: str, t2t: TextToTokensModel, seed: int = 0) -> np.ndarr
   # Durations first (encoder only), so the decoder runs on the bucket of the real length.
   n = int(t2t_lib.predict_lengths(t2t.params, t2t.model, ids_pad, ids_len, length_scale)[0])
   if n > MAX_TEXT_FRAMES:  # also catches a broken checkpoint's inf durations (int32 max).
-    raise AvatarError(f"--text ({ids.size} symbols): the predicted speech is {n} frames "
+    raise AvatarError(f"{what} ({ids.size} symbols): the predicted speech is {n} frames "
                       f"({n / C.FRAME_RATE:.0f} s), more than the {MAX_TEXT_FRAMES} frames "
                       f"({MAX_TEXT_FRAMES / C.FRAME_RATE:.0f} s) one call synthesises; split "
                       "the text into shorter pieces")

@@ -69,38 +69,63 @@ def make_parser() -> argparse.ArgumentParser:
   p = cli.ArgumentParser(prog="python -m avflow_jax.evaluate",
                       description="Scores a trained AV-Flow avatar on held-out clips.")
   p.add_argument("--workdir", required=True, help="AV training workdir (config.json, checkpoints)")
-  p.add_argument("--split", default="val", help="manifest split to evaluate (default: val)")
-  p.add_argument("--output", help="report JSON path (default: "
-                                  "WORKDIR/eval/SPLIT-stepSTEP[-oracle]/report.json)")
-  p.add_argument("--steps", type=int, default=8, help="Euler steps of the ODE solver")
-  p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
-  p.add_argument("--max-clips", type=int, help="evaluate only the first N clips of the split")
+  add_scoring_arguments(p, "WORKDIR/eval/SPLIT-stepSTEP[-oracle]/report.json",
+                        plots="the per-clip PNGs")
   p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
                  help="evaluate the first S seconds of each clip (0: whole clips)")
   p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
-  p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
   p.add_argument("--oracle", action="store_true",
                  help="score the ground-truth mel/codes/head instead of samples (upper bound)")
-  p.add_argument("--data-dir", help="shard directory, if it moved since training")
-  p.add_argument("--no-plots", action="store_true", help="skip the per-clip PNGs")
-  p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
   return p
 
 
-def check_arguments(args) -> None:
-  """Checks that need no model."""
-  if not os.path.isdir(args.workdir):
-    raise InputError(f"--workdir {args.workdir}: no such directory")
+def add_scoring_arguments(p: argparse.ArgumentParser, default_output: str, plots: str) -> None:
+  """The flags every scoring CLI shares (split, output, sampler, clip count, weights, logs)."""
+  p.add_argument("--split", default="val", help="manifest split to evaluate (default: val)")
+  p.add_argument("--output", help=f"report JSON path (default: {default_output})")
+  p.add_argument("--steps", type=int, default=8, help="Euler steps of the avatar's sampler")
+  p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
+  p.add_argument("--max-clips", type=int, help="evaluate only the first N clips of the split")
+  p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
+  p.add_argument("--data-dir", help="shard directory, if it moved since training")
+  p.add_argument("--no-plots", action="store_true", help=f"skip {plots}")
+  p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
+
+
+def check_scoring_arguments(args, workdirs: tuple[str, ...] = ("workdir",)) -> None:
+  """Checks of the shared flags that need no model; InputError names the flag."""
+  for flag in workdirs:
+    path = getattr(args, flag)
+    if not os.path.isdir(path):
+      raise InputError(f"--{flag.replace('_', '-')} {path}: no such directory")
   if args.steps < 1:
     raise InputError(f"--steps {args.steps}: must be >= 1")
   if args.max_clips is not None and args.max_clips < 1:
     raise InputError(f"--max-clips {args.max_clips}: must be >= 1")
+  if args.output is not None and not args.output.endswith(".json"):
+    raise InputError(f"--output {args.output}: must be a .json path (the report)")
+
+
+def report_location(output: str) -> tuple[str, str, str]:
+  """(absolute report path, its folder (created, checked writable), file stem); InputError."""
+  output = os.path.abspath(os.path.expanduser(output))
+  out_dir, stem = os.path.dirname(output), os.path.splitext(os.path.basename(output))[0]
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"--output {output}: cannot create {out_dir} ({e.strerror})") from e
+  if not os.access(out_dir, os.W_OK):
+    raise InputError(f"--output {output}: {out_dir} is not writable")
+  return output, out_dir, stem
+
+
+def check_arguments(args) -> None:
+  """Checks that need no model."""
+  check_scoring_arguments(args)
   if not math.isfinite(args.max_seconds) or args.max_seconds < 0:
     raise InputError(f"--max-seconds {args.max_seconds}: must be a finite number >= 0")
   if args.vocoder_weights and not os.path.isfile(args.vocoder_weights):
     raise InputError(f"--vocoder-weights {args.vocoder_weights}: file missing")
-  if args.output is not None and not args.output.endswith(".json"):
-    raise InputError(f"--output {args.output}: must be a .json path (the report)")
 
 
 # ---- Reading the split ---------------------------------------------------------------------------
@@ -426,14 +451,7 @@ def evaluate(args, log=print) -> dict[str, Any]:
   output = args.output or os.path.join(
       loaded.workdir, "eval", f"{args.split}-step{loaded.step}"
       + ("-oracle" if args.oracle else ""), "report.json")
-  output = os.path.abspath(os.path.expanduser(output))
-  out_dir, stem = os.path.dirname(output), os.path.splitext(os.path.basename(output))[0]
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    raise InputError(f"--output {output}: cannot create {out_dir} ({e.strerror})") from e
-  if not os.access(out_dir, os.W_OK):
-    raise InputError(f"--output {output}: {out_dir} is not writable")
+  output, out_dir, stem = report_location(output)
 
   max_frames = int(args.max_seconds * C.FRAME_RATE) if args.max_seconds else None
   rig = loaded.face_rig

@@ -61,30 +61,13 @@ def make_parser() -> argparse.ArgumentParser:
       description="Scores a text-to-tokens run through an AV-Flow avatar (lip closures).")
   p.add_argument("--t2t-workdir", required=True, help="text-to-tokens training workdir")
   p.add_argument("--workdir", required=True, help="AV training workdir (the avatar)")
-  p.add_argument("--split", default="val", help="manifest split to evaluate (default: val)")
-  p.add_argument("--output", help="report JSON path (default: T2T_WORKDIR/eval_text/"
-                                  "SPLIT-stepSTEP/report.json)")
-  p.add_argument("--steps", type=int, default=8, help="Euler steps of the avatar's sampler")
-  p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
-  p.add_argument("--max-clips", type=int, help="evaluate only the first N clips of the split")
-  p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
-  p.add_argument("--data-dir", help="shard directory, if it moved since training")
-  p.add_argument("--no-plots", action="store_true", help="skip the lip-curve PNG")
-  p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
+  evaluate_lib.add_scoring_arguments(p, "T2T_WORKDIR/eval_text/SPLIT-stepSTEP/report.json",
+                                     plots="the lip-curve PNG")
   return p
 
 
 def check_arguments(args) -> None:
-  for flag in ("t2t_workdir", "workdir"):
-    path = getattr(args, flag)
-    if not os.path.isdir(path):
-      raise InputError(f"--{flag.replace('_', '-')} {path}: no such directory")
-  if args.steps < 1:
-    raise InputError(f"--steps {args.steps}: must be >= 1")
-  if args.max_clips is not None and args.max_clips < 1:
-    raise InputError(f"--max-clips {args.max_clips}: must be >= 1")
-  if args.output is not None and not args.output.endswith(".json"):
-    raise InputError(f"--output {args.output}: must be a .json path (the report)")
+  evaluate_lib.check_scoring_arguments(args, ("t2t_workdir", "workdir"))
 
 
 # ---- Alignment -----------------------------------------------------------------------------------
@@ -297,12 +280,7 @@ def evaluate_text(args, log=print) -> dict[str, Any]:
 
   output = args.output or os.path.join(t2t.workdir, "eval_text",
                                        f"{args.split}-step{t2t.step}", "report.json")
-  output = os.path.abspath(os.path.expanduser(output))
-  out_dir, stem = os.path.dirname(output), os.path.splitext(os.path.basename(output))[0]
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    raise InputError(f"--output {output}: cannot create {out_dir} ({e.strerror})") from e
+  output, out_dir, stem = evaluate_lib.report_location(output)
 
   def evaluated_clips():
     """Clips with at least one speakable sentence, read one at a time (up to --max-clips)."""

@@ -17,10 +17,9 @@ Matcha-style model of --t2t-config with random weights, or a trained --t2t-workd
 passage of about --seconds of speech: t2t_frontend_s (cleaning + eSpeak NG + ids),
 t2t_compile_s, t2t_s (durations, then the jitted synthesis with 10 Euler steps on the
 256-frame bucket of the predicted length, as `api.text_to_tokens`; mean of 3 warm runs),
-t2t_frames,
-and text_to_av_s = t2t_frontend_s + t2t_s + sample_s (text in, motion and mel out, compiled).
-With random weights the predicted durations are meaningless, so the output is fixed at the
---seconds bucket instead of following them.
+t2t_frames, and text_to_av_s = t2t_frontend_s + t2t_s + sample_s (text in, motion and mel
+out, compiled). With random weights the predicted durations are meaningless, so they are scaled
+(config.sample.length_scale) to give --seconds of output.
 """
 
 import argparse
@@ -85,57 +84,38 @@ def write_stats_manifest(data_dir: str, head_dim: int = 7) -> str:
 
 
 def time_text_to_tokens(seconds: float, t2t_config: str, t2t_workdir=None) -> dict:
-  """Times text -> tokens on about `seconds` of speech (see the module docstring)."""
-  from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
-  from avflow_jax.text import frontend  # pylint: disable=g-import-not-at-top
+  """Times `api.text_to_tokens` on about `seconds` of speech (see the module docstring)."""
   text = " ".join([PASSAGE] * max(1, round(seconds / PASSAGE_SECONDS)))
   if t2t_workdir:
     t2t = api.load_text_to_tokens(t2t_workdir)
-    config, model, params = t2t.config, t2t.model, t2t.params
   else:
-    spec = importlib.util.spec_from_file_location("t2t_cfg", t2t_config)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
+    config = load_config(t2t_config)
     model = t2t_lib.make_model(config)
-    params = t2t_lib.init_params(model, jax.random.PRNGKey(0), 64, 64)
+    t2t = api.TextToTokensModel(t2t_config, config, model,
+                                t2t_lib.init_params(model, jax.random.PRNGKey(0), 64, 64))
+    # Random durations are meaningless: scale them (linear in length_scale) to fill --seconds.
+    ids = api.text_ids(text, t2t)
+    n1 = int(t2t_lib.predict_lengths(t2t.params, model, jax.numpy.asarray(ids[None]),
+                                     jax.numpy.asarray([ids.size], np.int32))[0])
+    config.sample.length_scale = seconds * C.FRAME_RATE / n1
   t0 = time.perf_counter()
-  ids = frontend.text_to_ids(text, add_blank=bool(config.data.get("add_blank", True)))
+  ids = api.text_ids(text, t2t)
   frontend_s = time.perf_counter() - t0
-  n_sym = -(-ids.size // 64) * 64
-  ids_pad = np.zeros((1, n_sym), np.int32)
-  ids_pad[0, :ids.size] = ids
-  s = config.sample
-  ids_pad, ids_len = jax.numpy.asarray(ids_pad), jax.numpy.asarray([ids.size], np.int32)
-  length_scale = float(s.get("length_scale", 1.0))
-  if t2t_workdir:  # a trained model: its own durations, sized as api.text_to_tokens does.
-    max_frames = api.bucket_frames(int(t2t_lib.predict_lengths(params, model, ids_pad, ids_len,
-                                                               length_scale)[0]))
-  else:  # random weights: durations are meaningless; stretch them to fill --seconds.
-    max_frames = api.bucket_frames(int(seconds * C.FRAME_RATE))
-    length_scale = 100.0
-
-  def run():
-    lengths = t2t_lib.predict_lengths(params, model, ids_pad, ids_len, length_scale)
-    tokens, lengths = t2t_lib.synthesize(
-        params, model, ids_pad, ids_len, jax.random.PRNGKey(0),
-        n_steps=int(s.get("num_steps", 10)), temperature=float(s.get("temperature", 0.667)),
-        length_scale=length_scale, max_frames=max_frames)
-    return jax.block_until_ready(tokens), int(lengths[0])
-
   t0 = time.perf_counter()
-  run()
+  api.tokens_from_ids(ids, t2t)
   cold = time.perf_counter() - t0
-  times, n = [], 0
+  times = []
   for _ in range(3):
     t0 = time.perf_counter()
-    _, n = run()
+    tokens = api.tokens_from_ids(ids, t2t)
     times.append(time.perf_counter() - t0)
   warm = float(np.mean(times))
-  return {"t2t_symbols": int(ids.size), "t2t_frames": n, "t2t_buffer_frames": max_frames,
+  n = tokens.shape[0]
+  return {"t2t_symbols": int(ids.size), "t2t_frames": n, "t2t_buffer_frames": api.bucket_frames(n),
           "t2t_seconds_out": n / C.FRAME_RATE, "t2t_frontend_s": frontend_s,
           "t2t_compile_s": max(cold - warm, 0.0), "t2t_s": warm,
-          "t2t_params": inference.count_parameters(params),
+          "t2t_params": inference.count_parameters(t2t.params),
           "t2t_source": t2t_workdir or t2t_config}
 
 

@@ -91,3 +91,23 @@ def random_bigvgan_state_dict(config, seed: int = 0, std: float = 0.1) -> dict:
     else:
       sd[k] = rng.normal(0, std, shape).astype(np.float32)
   return sd
+
+
+def shards_with_face_rig(shards_dir: str, out: str, seed: int = 0,
+                         name: str = "face_rig.npz") -> str:
+  """A shard directory (shards linked, not copied) whose manifest names a demo face rig.
+
+  The rig is `FaceRig.create(seed)` saved as `out/name`; the source directory is untouched.
+  """
+  from avflow_jax import face_rig  # pylint: disable=g-import-not-at-top
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(shards_dir, "manifest.json")) as f:
+    manifest = json.load(f)
+  for split in manifest["splits"].values():
+    for s in split["shards"]:
+      os.symlink(os.path.join(os.path.abspath(shards_dir), s), os.path.join(out, s))
+  face_rig.FaceRig.create(seed).save(os.path.join(out, name))
+  manifest["face_decoder"] = name
+  with open(os.path.join(out, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+  return out

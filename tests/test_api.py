@@ -15,6 +15,7 @@ from avflow_jax import api
 from avflow_jax import constants as C
 from avflow_jax import inference
 from avflow_jax import sampling
+from tests import fixtures
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,18 +50,7 @@ def trained_workdir(shards_dir: str, root: str) -> str:
 
 def rig_data_dir(shards_dir: str, root: str) -> str:
   """A copy of the shard dir's manifest (shards linked) whose face_decoder is a demo rig."""
-  from avflow_jax import face_rig  # pylint: disable=g-import-not-at-top
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(shards_dir, "manifest.json")) as f:
-    manifest = json.load(f)
-  for split in manifest["splits"].values():
-    for s in split["shards"]:
-      os.symlink(os.path.join(shards_dir, s), os.path.join(root, s))
-  face_rig.FaceRig.create(seed=3).save(os.path.join(root, "rig.npz"))
-  manifest["face_decoder"] = "rig.npz"
-  with open(os.path.join(root, "manifest.json"), "w") as f:
-    json.dump(manifest, f)
-  return root
+  return fixtures.shards_with_face_rig(shards_dir, root, seed=3, name="rig.npz")
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,8 @@ N_VAL = 3
 
 
 def _shards_with_rig(data: str, out: str) -> str:
-  """A copy of a shard directory whose manifest names a demo face rig (FaceRig.create(0))."""
-  shutil.copytree(data, out)
-  face_rig_lib.FaceRig.create(0).save(os.path.join(out, "face_rig.npz"))
-  with open(os.path.join(out, "manifest.json")) as f:
-    manifest = json.load(f)
-  manifest["face_decoder"] = "face_rig.npz"
-  with open(os.path.join(out, "manifest.json"), "w") as f:
-    json.dump(manifest, f)
-  return out
+  """A shard directory whose manifest names a demo face rig (FaceRig.create(0))."""
+  return fixtures.shards_with_face_rig(data, out, seed=0)
 
 
 @pytest.fixture(scope="module")
