@@ -1,6 +1,7 @@
 """avflow_jax: AV-Flow (text to a talking 4D avatar) in JAX/Flax."""
 
-from setuptools import find_packages, setup
+from setuptools import find_packages
+from setuptools import setup
 
 setup(
     name="avflow_jax",

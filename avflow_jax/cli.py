@@ -4,13 +4,10 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from avflow_jax import metric_writer
-
-EXIT_BAD_INPUT = 2  # Bad input: one `error:` line on stderr, no traceback.
-
-
-class InputError(Exception):
-  """Bad command-line input; the message is printed as one line."""
+from avflow_jax.core import metric_writer
+from avflow_jax.core.errors import EXIT_BAD_INPUT
+from avflow_jax.core.errors import AvatarError
+from avflow_jax.core.errors import InputError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -21,10 +18,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run(argv: Optional[Sequence[str]], make_parser: Callable, body: Callable,
-        input_errors: tuple[type, ...]) -> int:
-  """Parses argv and runs body(args); input errors (and AvatarError) become exit code 2."""
-  from avflow_jax import inference  # pylint: disable=g-import-not-at-top
-  bad_input = tuple(input_errors) + (inference.AvatarError,)
+        input_errors: tuple[type, ...] = ()) -> int:
+  """Parses argv and runs body(args); InputError, AvatarError and `input_errors` exit with 2."""
+  bad_input = tuple(input_errors) + (InputError, AvatarError)
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
     args = make_parser().parse_args(argv)

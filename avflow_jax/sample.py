@@ -24,23 +24,19 @@ cannot be written) stops with one line on stderr and exit code 2.
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Any, Optional
 
 import numpy as np
 
 from avflow_jax import cli
+from avflow_jax.core.errors import InputError
+from avflow_jax.data import clips
+from avflow_jax.inference import outputs
 
-
-EXIT_BAD_INPUT = 2
 MIN_AUDIO_FRAMES = 8  # As data prep: shorter audio gives nothing the ASR model can read.
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this the audio is treated as silent.
-
-
-InputError = cli.InputError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -103,15 +99,15 @@ def _check_frames(path: str, what: str, x: np.ndarray, width: int, meaning: str)
 
 
 def load_tokens_file(path: str) -> np.ndarray:
-  from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
+  from avflow_jax.core import constants as C  # pylint: disable=g-import-not-at-top
   return _check_frames(path, "--tokens", _load_npy(path, "--tokens"), C.TOKEN_DIM,
                        "raw ASR logits on the 86.13 fps mel grid")
 
 
 def load_audio_file(path: str) -> tuple[np.ndarray, int]:
   """Mono float audio and its rate; InputError for corrupt, silent or too short audio."""
-  from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
-  from data_prep import audio as audio_lib  # pylint: disable=g-import-not-at-top
+  from avflow_jax.core import audio as audio_lib  # pylint: disable=g-import-not-at-top
+  from avflow_jax.core import constants as C  # pylint: disable=g-import-not-at-top
   try:
     audio, sr = audio_lib.read_wav(path, channels=(1, 2))
   except ValueError as e:  # data_prep's BadInput names the file and the reason.
@@ -158,113 +154,6 @@ def check_arguments(args) -> None:
     raise InputError(f"--workdir {args.workdir}: no such directory")
 
 
-# ---- Atomic output -------------------------------------------------------------------------------
-
-class Staging:
-  """A hidden directory next to (or inside) OUTPUT; `commit` moves its files into OUTPUT.
-
-  Creating it up front is also the check that OUTPUT can be written.
-  """
-
-  def __init__(self, output: str):
-    self.output = os.path.abspath(os.path.expanduser(output))
-    if os.path.exists(self.output) and not os.path.isdir(self.output):
-      raise InputError(f"--output {output}: exists and is not a directory")
-    anchor = self.output
-    while not os.path.exists(anchor):
-      anchor = os.path.dirname(anchor)
-    if not os.path.isdir(anchor):
-      raise InputError(f"--output {output}: cannot be created ({anchor} is not a directory)")
-    try:
-      self.dir = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output)}.",
-                                  suffix=".partial", dir=anchor)
-    except OSError as e:
-      raise InputError(f"--output {output}: cannot write in {anchor} ({e.strerror})") from e
-
-  def path(self, name: str) -> str:
-    return os.path.join(self.dir, name)
-
-  def commit(self) -> list[str]:
-    """Moves every staged file into OUTPUT; returns the final paths."""
-    names = sorted(os.listdir(self.dir))
-    mask = os.umask(0o022)
-    os.umask(mask)
-    if not os.path.exists(self.output):
-      os.makedirs(os.path.dirname(self.output), exist_ok=True)
-      os.chmod(self.dir, 0o777 & ~mask)  # mkdtemp made it private.
-      os.rename(self.dir, self.output)
-    else:
-      for n in names:
-        os.replace(os.path.join(self.dir, n), os.path.join(self.output, n))
-      os.rmdir(self.dir)
-    return [os.path.join(self.output, n) for n in names]
-
-  def abort(self) -> None:
-    shutil.rmtree(self.dir, ignore_errors=True)
-
-
-# ---- Writers -------------------------------------------------------------------------------------
-
-def _write_wav(path: str, waveform: np.ndarray, sample_rate: int) -> None:
-  import soundfile  # pylint: disable=g-import-not-at-top
-  soundfile.write(path, np.clip(waveform, -1.0, 1.0), sample_rate, subtype="PCM_16",
-                  format="WAV")
-
-
-def _write_npz(path: str, arrays: dict[str, Any]) -> None:
-  with open(path, "wb") as f:
-    np.savez(f, **arrays)
-
-
-def _ground_truth(avatar, record: dict) -> dict[str, np.ndarray]:
-  """The compared clip's streams at both rates (+ rig channels), like a generated sample."""
-  return avatar.motion_outputs(np.asarray(record["mel"], np.float32),
-                               np.asarray(record["face"], np.float32),
-                               np.asarray(record["head"], np.float32))
-
-
-def write_sample(staging: Staging, name: str, sample: dict, *, avatar, tokens: np.ndarray,
-                 gt: Optional[dict], meta: dict, timings: dict) -> None:
-  """Writes NAME.{wav,npz,mp4,png} of one sample into the staging directory."""
-  from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
-  from avflow_jax import plots  # pylint: disable=g-import-not-at-top
-  from avflow_jax import render  # pylint: disable=g-import-not-at-top
-  t0 = time.perf_counter()
-  _write_wav(staging.path(name + ".wav"), sample["waveform"], C.SAMPLE_RATE)
-  arrays = {k: sample[k] for k in ("mel", "face", "head", "face_30fps", "head_30fps")}
-  if "rig" in sample:
-    arrays.update(rig=sample["rig"], rig_30fps=sample["rig_30fps"],
-                  rig_channels=np.array(sample["rig_channels"]))
-  arrays.update(tokens=tokens, sample_rate=np.int64(C.SAMPLE_RATE),
-                frame_rate=np.float64(C.FRAME_RATE), fps=np.float64(C.VIDEO_FPS),
-                **{k: np.asarray(v) for k, v in meta.items()})
-  _write_npz(staging.path(name + ".npz"), arrays)
-  timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  rig = "rig" in sample
-  compare = None
-  if gt is not None:
-    compare = {"head_pose": gt["head_30fps"]}
-    compare["face_channels" if rig else "face_codes"] = gt["rig_30fps" if rig else "face_30fps"]
-  render.render_preview(
-      staging.path(name + ".mp4"), head_pose=sample["head_30fps"], audio=sample["waveform"],
-      sample_rate=C.SAMPLE_RATE, fps=C.VIDEO_FPS,
-      face_channels=sample["rig_30fps"] if rig else None,
-      face_codes=None if rig else sample["face_30fps"], compare=compare)
-  timings["render"] = timings.get("render", 0.0) + time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  gt_plot = None
-  if gt is not None:
-    gt_plot = {"mel": gt["mel"], "face": gt["rig"] if rig else gt["face"], "head": gt["head"]}
-  plots.plot_sample(staging.path(name + ".png"), mel=sample["mel"], frame_rate=C.FRAME_RATE,
-                    face=sample["rig"] if rig else sample["face"],
-                    channel_names=list(sample["rig_channels"]) if rig else None,
-                    head=sample["head"], gt=gt_plot, title=name)
-  timings["plot"] = timings.get("plot", 0.0) + time.perf_counter() - t0
-
-
 # ---- The run -------------------------------------------------------------------------------------
 
 def _default_name(args) -> str:
@@ -283,7 +172,7 @@ def run(args, log=print) -> dict[str, Any]:
   """Runs the CLI with parsed `args`; returns {"files": [...], "timings": {stage: seconds}}.
 
   Raises:
-    InputError / api.AvatarError: bad input (the CLI prints them as one line, exit code 2).
+    InputError / avatar_lib.AvatarError: bad input (the CLI prints them as one line, exit code 2).
   """
   timings: dict[str, float] = {}
   start = time.perf_counter()
@@ -292,17 +181,17 @@ def run(args, log=print) -> dict[str, Any]:
   audio = load_audio_file(args.audio) if args.audio else None
   participant = None
   if args.participant:
-    from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
+    from avflow_jax.core import constants as C  # pylint: disable=g-import-not-at-top
     participant = _check_frames(args.participant, "--participant",
                                 _load_npy(args.participant, "--participant"),
                                 C.PARTICIPANT_DIM, "participant tokens + SMIRK features")
-  staging = Staging(args.output)
+  staging = outputs.Staging(args.output, what="--output")
   try:
-    from avflow_jax import api  # pylint: disable=g-import-not-at-top  (imports JAX)
-    from avflow_jax import inference  # pylint: disable=g-import-not-at-top
+    from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top  (imports JAX)
+    from avflow_jax.inference import text_tokens
 
     t0 = time.perf_counter()
-    avatar = api.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
+    avatar = avatar_lib.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
                              which=args.which, data_dir=args.data_dir)
     avatar.vocoder  # pylint: disable=pointless-statement  (bad vocoder weights fail here, early)
     timings["load"] = time.perf_counter() - t0
@@ -311,21 +200,21 @@ def run(args, log=print) -> dict[str, Any]:
 
     gt = None
     if args.compare:
-      record = inference.read_clip(avatar.loaded.data_dir, avatar.loaded.manifest, args.compare)
-      gt = _ground_truth(avatar, record)
+      record = clips.read_clip(avatar.loaded.data_dir, avatar.loaded.manifest, args.compare)
+      gt = outputs.ground_truth(avatar, record)
       if tokens is None and audio is None and args.text is None:
         tokens = np.asarray(record["tokens"], np.float32)
         if participant is None and avatar.loaded.uses_participant:
           participant = np.asarray(record["participant"], np.float32)
     if audio is not None:
       t0 = time.perf_counter()
-      tokens = avatar.tokens_from_audio(audio[0], audio[1], args.asr_weights)
+      tokens = avatar_lib.tokens_from_audio(audio[0], audio[1], args.asr_weights)
       timings["asr"] = time.perf_counter() - t0
       log(f"ASR tokens: {tokens.shape[0]} frames in {timings['asr']:.1f} s")
     if args.text is not None:
       t0 = time.perf_counter()
-      t2t = api.load_text_to_tokens(args.t2t_workdir)
-      tokens = api.text_to_tokens(args.text, t2t, seed=args.seed)
+      t2t = text_tokens.load_text_to_tokens(args.t2t_workdir)
+      tokens = text_tokens.text_to_tokens(args.text, t2t, seed=args.seed)
       timings["text_to_tokens"] = time.perf_counter() - t0
       log(f"text -> {tokens.shape[0]} token frames in {timings['text_to_tokens']:.1f} s")
     if participant is not None and participant.shape[0] != tokens.shape[0]:
@@ -342,12 +231,12 @@ def run(args, log=print) -> dict[str, Any]:
     part = None if participant is None else np.broadcast_to(participant,
                                                             (k,) + participant.shape)
     t0 = time.perf_counter()
-    before = api.compiled_programs()
+    before = avatar_lib.compiled_programs()
     motion = avatar.sample_motion(batch, seed=args.seed, num_steps=args.steps, participant=part,
                                   temperature=args.temperature)
     timings["sample"] = time.perf_counter() - t0
-    timings["compiled"] = api.compiled_programs() - before
-    seconds = tokens.shape[0] / api.C.FRAME_RATE
+    timings["compiled"] = avatar_lib.compiled_programs() - before
+    seconds = tokens.shape[0] / avatar.C.FRAME_RATE
     log(f"sampled {k} x {tokens.shape[0]} frames ({seconds:.2f} s) in {timings['sample']:.1f} s"
         + (" (including compilation)" if timings["compiled"] else ""))
 
@@ -362,11 +251,11 @@ def run(args, log=print) -> dict[str, Any]:
       sample = avatar.motion_outputs(motion["mel"][i], motion["face"][i], motion["head"][i])
       sample["waveform"] = waveforms[i]
       if avatar.face_rig is not None:
-        from avflow_jax import face_rig  # pylint: disable=g-import-not-at-top
+        from avflow_jax.core import face_rig  # pylint: disable=g-import-not-at-top
         sample["rig_channels"] = face_rig.CHANNELS
       meta = {"seed": args.seed, "sample_index": i, "num_steps": args.steps,
               "temperature": args.temperature, "checkpoint_step": avatar.loaded.step}
-      write_sample(staging, name, sample, avatar=avatar, tokens=tokens, gt=gt, meta=meta,
+      outputs.write_sample(staging, name, sample, avatar=avatar, tokens=tokens, gt=gt, meta=meta,
                    timings=timings)
       log(f"[{i + 1}/{k}] {name}: wav, npz, mp4, png")
     files = staging.commit()

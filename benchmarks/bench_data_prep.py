@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from avflow_jax import constants as C  # pylint: disable=wrong-import-position
-from avflow_jax import records  # pylint: disable=wrong-import-position
-from data_prep import audio as audio_lib  # pylint: disable=wrong-import-position
+from avflow_jax.core import audio as audio_lib  # pylint: disable=wrong-import-position
+from avflow_jax.core import constants as C  # pylint: disable=wrong-import-position
+from avflow_jax.core import records  # pylint: disable=wrong-import-position
 from data_prep import mel as mel_lib  # pylint: disable=wrong-import-position
 from data_prep import shards as shards_lib  # pylint: disable=wrong-import-position
 
@@ -146,7 +146,7 @@ def _random_wav2vec2(path):
 
 def bench_asr(seconds, repeats, tmp):
   try:
-    from data_prep import asr  # pylint: disable=g-import-not-at-top
+    from avflow_jax.models import asr  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return None, f"data_prep.asr not importable ({e}); ASR speed omitted"
   path = os.path.join(tmp, "w2v_random.safetensors")

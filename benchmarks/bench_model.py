@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from avflow_jax import constants
-from avflow_jax import flow
-from avflow_jax import sampling
-from avflow_jax import tasks
+from avflow_jax.core import constants
+from avflow_jax.core import flow
+from avflow_jax.inference import sampling
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae
+from avflow_jax.training import tasks
 
 
 def load_config(path):

@@ -37,9 +37,11 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from avflow_jax import api  # pylint: disable=g-import-not-at-top
-from avflow_jax import constants as C  # pylint: disable=g-import-not-at-top
-from avflow_jax import inference  # pylint: disable=g-import-not-at-top
 from avflow_jax import sample  # pylint: disable=g-import-not-at-top
+from avflow_jax.core import constants as C  # pylint: disable=g-import-not-at-top
+from avflow_jax.inference import loading  # pylint: disable=g-import-not-at-top
+from avflow_jax.training import random_init
+
 IMPORT_S = time.perf_counter() - _T0
 
 # About 20 s of read speech (~55 words at 165 words per minute); repeated for longer --seconds.
@@ -115,7 +117,7 @@ def time_text_to_tokens(seconds: float, t2t_config: str, t2t_workdir=None) -> di
   return {"t2t_symbols": int(ids.size), "t2t_frames": n, "t2t_buffer_frames": api.bucket_frames(n),
           "t2t_seconds_out": n / C.FRAME_RATE, "t2t_frontend_s": frontend_s,
           "t2t_compile_s": max(cold - warm, 0.0), "t2t_s": warm,
-          "t2t_params": inference.count_parameters(t2t.params),
+          "t2t_params": sum(x.size for x in jax.tree.leaves(t2t.params)),
           "t2t_source": t2t_workdir or t2t_config}
 
 
@@ -153,7 +155,7 @@ def main():
     t0 = time.perf_counter()
     config = load_config(args.config)
     data_dir = write_stats_manifest(os.path.join(root, "data"))
-    workdir = inference.init_workdir(config, os.path.join(root, "run"), data_dir)
+    workdir = random_init.init_workdir(config, os.path.join(root, "run"), data_dir)
     result["config"] = args.config
     result["init_workdir_s"] = round(time.perf_counter() - t0, 2)
     print(f"random-weight workdir from {args.config} in {result['init_workdir_s']} s", flush=True)
@@ -176,10 +178,10 @@ def main():
     parsed = sample.make_parser().parse_args(argv)
     runs.append(sample.run(parsed, log=lambda m: print("  " + m, flush=True))["timings"])
   cold, warm = runs
-  loaded = inference.load_avatar(workdir)
+  loaded = loading.load_avatar(workdir)
   result.update(
       frames=frames, bucket=api.bucket_frames(frames),
-      params=inference.count_parameters(loaded.params["av"]),
+      params=sum(x.size for x in jax.tree.leaves(loaded.params["av"])),
       vocoder="bigvgan" if args.vocoder_weights else "griffin_lim",
       load_s=cold["load"], compile_s=max(cold["sample"] - warm["sample"], 0.0),
       sample_s=warm["sample"], sample_realtime_factor=args.seconds / warm["sample"],

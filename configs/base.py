@@ -76,11 +76,9 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Data-parallel axis size.
   c.mesh.fsdp = 1  # Parameter-sharding axis size (the batch is split over both axes).
-
-  # ---- Sampling ----------------------------------------------------------------------------
-  c.sample = ml_collections.ConfigDict()
-  c.sample.num_steps = 8  # Euler steps of the ODE solver.
-  c.sample.temperature = 1.0  # Scale of the initial noise.
+  # Logical axis -> mesh axes: the batch is split over both axes, the model's d_model side of
+  # every kernel (and its Adam moments) over fsdp; unnamed axes are replicated.
+  c.mesh.rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"))
 
   # ---- Logging, checkpoints, runtime -------------------------------------------------------
   c.log_every = 50  # Steps between metric logs (TensorBoard + console with ETA).

@@ -85,6 +85,7 @@ def get_config(arg=None):
   c.optim.ema_decay = 0.0  # Matcha keeps no EMA.
 
   # ---- Synthesis (previews, sampling) -------------------------------------------------------
+  c.sample = ml_collections.ConfigDict()
   c.sample.num_steps = 10  # Euler steps of the flow ODE.
   c.sample.temperature = 0.667  # Scale of the starting noise.
   c.sample.length_scale = 1.0  # Duration multiplier (> 1 speaks slower).

@@ -5,13 +5,13 @@ from typing import Optional
 
 import numpy as np
 
-from avflow_jax import constants as C
-from data_prep import align
-from data_prep import audio as audio_lib
+from avflow_jax.core import align
+from avflow_jax.core import audio as audio_lib
+from avflow_jax.core import constants as C
+from avflow_jax.core.errors import BadInput
 from data_prep import headpose
 from data_prep import mel as mel_lib
 from data_prep import stats as stats_lib
-from data_prep.errors import BadInput
 from data_prep.readers import RawClip
 
 MIN_FRAMES = 8  # shorter clips are useless for training (and break the reflect pad).
@@ -29,7 +29,7 @@ def asr_tokens(audio: np.ndarray, sample_rate: int, weights: Optional[str],
   if not weights:
     raise BadInput(f"{what}: no ASR token file and no --asr-weights to compute them",
                    "tokens missing")
-  from data_prep import asr  # pylint: disable=g-import-not-at-top  (JAX model, heavy)
+  from avflow_jax.models import asr  # pylint: disable=g-import-not-at-top  (JAX model, heavy)
   if weights not in _ASR_CACHE:
     _ASR_CACHE[weights] = asr.load_asr(weights)
   tok = np.asarray(asr.extract_tokens(np.asarray(audio, np.float32), sample_rate,

@@ -56,8 +56,8 @@ import time
 
 import numpy as np
 
-from avflow_jax import constants as C
-from avflow_jax import face_rig
+from avflow_jax.core import constants as C
+from avflow_jax.core import face_rig
 from data_prep import demo_motion as motion
 from data_prep import demo_sentences
 from data_prep import demo_tokens as tokens_lib
@@ -140,7 +140,7 @@ def participant_voice(seed: int, participant: int) -> Voice:
 
 
 def _speak(rng: np.random.Generator, voice: Voice, text: str):
-  from avflow_jax import espeak  # pylint: disable=g-import-not-at-top  # optional dep.
+  from avflow_jax.text import espeak  # pylint: disable=g-import-not-at-top  # optional dep.
   return espeak.synthesize(
       text, voice=voice.voice, rate=int(voice.rate * rng.uniform(0.9, 1.1)),
       pitch=int(np.clip(voice.pitch + rng.integers(-6, 7), 0, 100)),

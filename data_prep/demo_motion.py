@@ -12,7 +12,7 @@ import numpy as np
 import scipy.signal
 from scipy.spatial.transform import Rotation
 
-from avflow_jax import face_rig
+from avflow_jax.core import face_rig
 
 VIDEO_FPS = 30
 RIG_RATE = 300  # fine grid for targets (10 per video frame), so 30-60 ms phones are resolved.

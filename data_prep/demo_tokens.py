@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from avflow_jax import constants as C
+from avflow_jax.core import constants as C
 
 W2V_SR = 16000
 W2V_WIN = 400

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from data_prep.errors import BadInput
+from avflow_jax.core.errors import BadInput
 
 
 def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:

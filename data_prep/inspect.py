@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from avflow_jax import records
+from avflow_jax.core import records
 
 
 class InspectError(RuntimeError):

@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 
-from avflow_jax import constants as C
+from avflow_jax.core import constants as C
 
 _PAD = (C.N_FFT - C.HOP_LENGTH) // 2  # 384: makes the frame count N // hop.
 _CHUNK_FRAMES = 512  # bounds the float64 STFT buffers (~4 MB), keeps them in cache.

@@ -19,15 +19,16 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from avflow_jax import constants as C
-from avflow_jax import records
+from avflow_jax.core import constants as C
+from avflow_jax.core import records
+from avflow_jax.core.errors import BadInput
+from avflow_jax.core.errors import FatalError
 import data_prep
 from data_prep import cache as cache_lib
 from data_prep import clip as clip_lib
 from data_prep import readers
 from data_prep import shards as shards_lib
 from data_prep import stats as stats_lib
-from data_prep.errors import BadInput, FatalError
 
 MANIFEST = "manifest.json"
 FACE_RIG_NAME = "face_rig.npz"

@@ -18,11 +18,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from avflow_jax import constants as C
-from data_prep import align
-from data_prep import audio as audio_lib
+from avflow_jax.core import align
+from avflow_jax.core import audio as audio_lib
+from avflow_jax.core import constants as C
+from avflow_jax.core.errors import BadInput
+from avflow_jax.core.errors import FatalError
 from data_prep import headpose
-from data_prep.errors import BadInput, FatalError
 
 FORMATS = ("audio2photoreal", "avflow50h", "generic", "ljspeech")
 TOKEN_DIR = "wav2vec2_fairseq_base_ls960_asr_ls960_vad100"

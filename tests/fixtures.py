@@ -7,7 +7,7 @@ import os
 from array_record.python import array_record_module
 import numpy as np
 
-from avflow_jax import records
+from avflow_jax.core import records
 
 
 def make_clip(rng: np.random.Generator, name: str, frames: int, head_dim: int = 7,
@@ -99,7 +99,7 @@ def shards_with_face_rig(shards_dir: str, out: str, seed: int = 0,
 
   The rig is `FaceRig.create(seed)` saved as `out/name`; the source directory is untouched.
   """
-  from avflow_jax import face_rig  # pylint: disable=g-import-not-at-top
+  from avflow_jax.core import face_rig  # pylint: disable=g-import-not-at-top
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(shards_dir, "manifest.json")) as f:
     manifest = json.load(f)

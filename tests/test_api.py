@@ -12,29 +12,31 @@ import numpy as np
 import pytest
 
 from avflow_jax import api
-from avflow_jax import constants as C
-from avflow_jax import inference
-from avflow_jax import sampling
+from avflow_jax.core import constants as C
+from avflow_jax.data import clips
+from avflow_jax.inference import loading
+from avflow_jax.inference import sampling
+from avflow_jax.training import random_init
 from tests import fixtures
 
 
 @functools.lru_cache(maxsize=None)
 def avatar_workdir(shards_dir: str) -> str:
-  """A configs/tiny.py avatar with random weights on `shards_dir` (the layout train.py writes).
+  """A configs/tiny.py avatar with random weights on `shards_dir` (the layout loop.py writes).
 
   Cached per process so test_api and test_sample share it. Training for a few steps would be
   the same to the sampler but costs a minute of compilation on 2 cores; test_sample has one
-  (slow) round trip through train.train_and_evaluate for the real thing.
+  (slow) round trip through loop.train_and_evaluate for the real thing.
   """
   from configs import tiny  # pylint: disable=g-import-not-at-top
   root = tempfile.mkdtemp(prefix="avflow_sample_test_")
   atexit.register(shutil.rmtree, root, True)
-  return inference.init_workdir(tiny.get_config(), os.path.join(root, "run"), shards_dir)
+  return random_init.init_workdir(tiny.get_config(), os.path.join(root, "run"), shards_dir)
 
 
 def trained_workdir(shards_dir: str, root: str) -> str:
   """A configs/tiny.py avatar trained for 2 steps (head VAE: 2 steps) into root/run."""
-  from avflow_jax import train  # pylint: disable=g-import-not-at-top
+  from avflow_jax.training import loop  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   c = tiny.get_config()
   c.data.dir = shards_dir
@@ -44,7 +46,7 @@ def trained_workdir(shards_dir: str, root: str) -> str:
   c.log_every = 1
   c.async_checkpointing = False
   workdir = os.path.join(root, "run")
-  train.train_and_evaluate(c, workdir)
+  loop.train_and_evaluate(c, workdir)
   return workdir
 
 
@@ -169,18 +171,18 @@ def test_face_rig_channels(workdir, tiny_shards, tmp_path):
 
 def test_load_errors(workdir, tmp_path):
   with pytest.raises(api.AvatarError, match="no such directory"):
-    inference.load_avatar(str(tmp_path / "missing"))
+    loading.load_avatar(str(tmp_path / "missing"))
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(api.AvatarError, match="config.json: missing"):
-    inference.load_avatar(str(empty))
+    loading.load_avatar(str(empty))
   # A config but no checkpoint.
   no_ckpt = tmp_path / "no_ckpt"
   no_ckpt.mkdir()
   shutil.copy(os.path.join(workdir, "config.json"), no_ckpt / "config.json")
   os.symlink(os.path.join(workdir, "head_vae"), no_ckpt / "head_vae")
   with pytest.raises(api.AvatarError, match="no checkpoints"):
-    inference.load_avatar(str(no_ckpt))
+    loading.load_avatar(str(no_ckpt))
   # The data dir moved: the message names it and the fix; data_dir= repairs it.
   moved = tmp_path / "moved"
   shutil.copytree(workdir, moved, symlinks=True)
@@ -191,21 +193,21 @@ def test_load_errors(workdir, tmp_path):
   with open(moved / "config.json", "w") as f:
     json.dump(cfg, f)
   with pytest.raises(api.AvatarError, match=r"gone/manifest.json: missing.*--data-dir"):
-    inference.load_avatar(str(moved))
-  loaded = inference.load_avatar(str(moved), data_dir=real_data)
+    loading.load_avatar(str(moved))
+  loaded = loading.load_avatar(str(moved), data_dir=real_data)
   assert loaded.step == 0 and loaded.which == "ema"
   with pytest.raises(api.AvatarError, match="which"):
-    inference.load_avatar(workdir, which="best")
+    loading.load_avatar(workdir, which="best")
   with pytest.raises(api.AvatarError, match="vocoder weights file missing"):
     api.Avatar.load(workdir, vocoder_weights=str(tmp_path / "nope.safetensors"))
 
 
 def test_read_clip(workdir):
-  loaded = inference.load_avatar(workdir, which="params")
-  rec = inference.read_clip(loaded.data_dir, loaded.manifest, "val002")
+  loaded = loading.load_avatar(workdir, which="params")
+  rec = clips.read_clip(loaded.data_dir, loaded.manifest, "val002")
   assert rec["name"] == "val002" and rec["tokens"].shape == (120 + 14, 29)
   with pytest.raises(api.AvatarError, match="'nope' is not in"):
-    inference.read_clip(loaded.data_dir, loaded.manifest, "nope")
+    clips.read_clip(loaded.data_dir, loaded.manifest, "nope")
 
 
 def test_non_finite_sample_is_an_error_and_extreme_mels_vocode(avatar):

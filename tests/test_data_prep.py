@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from avflow_jax import constants as C
-from avflow_jax import records
-from data_prep import audio as audio_lib
+from avflow_jax.core import audio as audio_lib
+from avflow_jax.core import constants as C
+from avflow_jax.core import records
 from data_prep import inspect as inspect_lib
 from data_prep import mel as mel_lib
 from data_prep import prepare

@@ -12,7 +12,7 @@ import types
 import numpy as np
 import soundfile as sf
 
-from avflow_jax import constants as C
+from avflow_jax.core import constants as C
 
 TOKEN_DIR = "wav2vec2_fairseq_base_ls960_asr_ls960_vad100"
 

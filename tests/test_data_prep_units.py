@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from avflow_jax import constants as C
-from data_prep import align
-from data_prep import audio as audio_lib
+from avflow_jax.core import align
+from avflow_jax.core import audio as audio_lib
+from avflow_jax.core import constants as C
+from avflow_jax.core.errors import BadInput
 from data_prep import headpose
 from data_prep import mel as mel_lib
 from data_prep import shards as shards_lib
 from data_prep import stats as stats_lib
-from data_prep.errors import BadInput
 from tests import test_data_prep_fixtures as fx
 
 

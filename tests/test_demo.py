@@ -13,7 +13,7 @@ pytest.importorskip("espeakng_loader")
 
 import soundfile  # pylint: disable=g-import-not-at-top
 
-from avflow_jax import face_rig  # pylint: disable=g-import-not-at-top
+from avflow_jax.core import face_rig  # pylint: disable=g-import-not-at-top
 from data_prep import demo  # pylint: disable=g-import-not-at-top
 from data_prep import demo_motion  # pylint: disable=g-import-not-at-top
 from data_prep import demo_tokens  # pylint: disable=g-import-not-at-top

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("espeakng_loader")
 
-from avflow_jax import espeak  # pylint: disable=g-import-not-at-top
+from avflow_jax.text import espeak  # pylint: disable=g-import-not-at-top
 
 
 def test_phonemize_fixed_sentence():

@@ -9,10 +9,12 @@ import shutil
 import numpy as np
 import pytest
 
-from avflow_jax import constants as C
-from avflow_jax import evaluate
-from avflow_jax import face_rig as face_rig_lib
-from avflow_jax import metrics
+from avflow_jax.core import constants as C
+from avflow_jax.core import face_rig as face_rig_lib
+from avflow_jax.data import clips
+from avflow_jax.evaluation import metrics
+from avflow_jax.evaluation import scoring
+from avflow_jax.training import random_init
 from tests import fixtures
 
 N_VAL = 3
@@ -25,23 +27,22 @@ def _shards_with_rig(data: str, out: str) -> str:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  """A configs/tiny.py avatar (random weights, the layout train.py writes) on synthetic shards,
+  """A configs/tiny.py avatar (random weights, the layout loop.py writes) on synthetic shards,
   plus a copy of the shards with the demo face rig.
 
   Training it for a few steps would be the same to the evaluator but costs over a minute of
   compilation on 2 cores; `test_trained_run` (slow) does that round trip.
   """
-  from avflow_jax import inference  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("evaluate")
   data = fixtures.write_synthetic_shards(str(root / "shards"), n_train=8, n_val=N_VAL)
   rig_data = _shards_with_rig(data, str(root / "shards_rig"))
-  workdir = inference.init_workdir(tiny.get_config(), str(root / "run"), data)
+  workdir = random_init.init_workdir(tiny.get_config(), str(root / "run"), data)
   return {"workdir": workdir, "data": data, "rig_data": rig_data, "root": root}
 
 
 def _run_cli(*argv) -> int:
-  return evaluate.main([str(a) for a in argv])
+  return scoring.main([str(a) for a in argv])
 
 
 def _load(path):
@@ -50,7 +51,7 @@ def _load(path):
 
 
 def _check_report(report, num_clips, step=0):
-  assert set(report["metrics"]) == set(evaluate.METRIC_KEYS)
+  assert set(report["metrics"]) == set(scoring.METRIC_KEYS)
   for k, v in report["metrics"].items():
     if v is None:
       assert report["unavailable"].get(k), f"{k} is null without a reason"
@@ -59,7 +60,7 @@ def _check_report(report, num_clips, step=0):
       assert k not in report["unavailable"]
   assert report["num_clips"] == num_clips and len(report["clips"]) == num_clips
   assert report["checkpoint_step"] == step
-  assert set(report["reference"]["ground_truth"]) == set(evaluate.REFERENCE_KEYS)
+  assert set(report["reference"]["ground_truth"]) == set(scoring.REFERENCE_KEYS)
 
 
 def test_end_to_end_without_face_rig(run, tmp_path):
@@ -119,13 +120,12 @@ def test_oracle_with_face_rig_gives_known_answers(run, tmp_path):
 
 def test_dyadic_run_is_conditioned_on_each_clips_participant(tmp_path, monkeypatch):
   from avflow_jax import api  # pylint: disable=g-import-not-at-top
-  from avflow_jax import inference  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   data = fixtures.write_synthetic_shards(str(tmp_path / "shards"), n_train=4, n_val=2,
                                          participant=True)
   config = tiny.get_config()
   config.data.participant = True
-  workdir = inference.init_workdir(config, str(tmp_path / "run"), data)
+  workdir = random_init.init_workdir(config, str(tmp_path / "run"), data)
   seen = []
   sample_motion = api.Avatar.sample_motion
 
@@ -135,9 +135,9 @@ def test_dyadic_run_is_conditioned_on_each_clips_participant(tmp_path, monkeypat
 
   monkeypatch.setattr(api.Avatar, "sample_motion", spy)
   assert _run_cli("--workdir", workdir, "--max-seconds", 0.5, "--no-plots", "--seed", 7) == 0
-  shards, entries = evaluate.split_entries(data, _load(os.path.join(data, "manifest.json")),
+  shards, entries = clips.split_entries(data, _load(os.path.join(data, "manifest.json")),
                                            "val")
-  want = [r for _, r in evaluate.iter_records(shards, entries)]
+  want = [r for _, r in clips.iter_split_records(shards, entries)]
   assert [s for _, _, s in seen] == [7, 8]  # clip i: seed + i
   for (tok, part, _), rec in zip(seen, want):
     np.testing.assert_array_equal(tok, rec["tokens"][:43])
@@ -168,13 +168,13 @@ def test_accumulator_known_answers():
   gt_lips = (np.arange(t) % 20 < 5).astype(np.float32)  # 50 closure frames
   gen_lips = gt_lips.copy()
   gen_lips[:10] = 1 - gen_lips[:10]  # frames 0-4: 5 misses (FN); frames 5-9: 5 false alarms
-  acc = evaluate.MetricAccumulator(rig)
+  acc = scoring.MetricAccumulator(rig)
   a = _clip("a", rig, gt_lips, 0.0, rng)
   b = _clip("b", rig, gen_lips, 0.0, rng)
-  acc.add(evaluate.ClipStreams(**a, gen_face=b["gt_face"], gen_head=a["gt_head"]))
+  acc.add(scoring.ClipStreams(**a, gen_face=b["gt_face"], gen_head=a["gt_head"]))
   c = _clip("c", rig, gt_lips, 1.0, rng, audio=False)
   c["face_mask"][:100] = False  # Only the observed half counts for F1 and FDe.
-  acc.add(evaluate.ClipStreams(**c, gen_face=c["gt_face"], gen_head=c["gt_head"]))
+  acc.add(scoring.ClipStreams(**c, gen_face=c["gt_face"], gen_head=c["gt_head"]))
   out, why, ref = acc.summary()
   # Clip a: TP 45, FP 5, FN 5 -> F1 = 90 / 100; clip c (100 observed frames) is perfect: TP 25.
   assert acc.per_clip[0]["F1_lips"] == pytest.approx(0.9)
@@ -216,8 +216,8 @@ def test_bad_input_exits_2_with_one_line(run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_trained_run(tmp_path):
-  """The real thing: configs/tiny.py trained for 6 steps by train.py, evaluated with the rig."""
-  from avflow_jax import train  # pylint: disable=g-import-not-at-top
+  """The real thing: configs/tiny.py trained for 6 steps by loop.py, evaluated with the rig."""
+  from avflow_jax.training import loop  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   data = fixtures.write_synthetic_shards(str(tmp_path / "shards"), n_train=8, n_val=N_VAL)
   rig_data = _shards_with_rig(data, str(tmp_path / "shards_rig"))
@@ -228,7 +228,7 @@ def test_trained_run(tmp_path):
   config.ckpt_every = 6
   config.compilation_cache_dir = ""
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   assert _run_cli("--workdir", workdir, "--max-clips", 2, "--max-seconds", 1.0) == 0
   out = os.path.join(workdir, "eval", "val-step6", "report.json")  # The default output.
   report = _load(out)

@@ -9,8 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from avflow_jax import constants as C
-from avflow_jax import evaluate_text
+from avflow_jax.core import constants as C
+from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.evaluation import text_scoring
+from avflow_jax.training import random_init
 
 
 def _segment_tokens(labels, durations, rng):
@@ -30,7 +32,7 @@ def test_dtw_align_recovers_a_change_of_durations():
   pred_d = rng.integers(3, 12, size=len(labels))  # the text model's own durations.
   gt = _segment_tokens(labels, gt_d, rng)
   pred = _segment_tokens(labels, pred_d, rng)
-  pred_of_gt, gt_of_pred = evaluate_text.dtw_align(pred, gt)
+  pred_of_gt, gt_of_pred = text_scoring.dtw_align(pred, gt)
   assert pred_of_gt.shape == (gt.shape[0],) and gt_of_pred.shape == (pred.shape[0],)
   assert np.all(np.diff(pred_of_gt) >= 0) and np.all(np.diff(gt_of_pred) >= 0)
   seg_gt = np.repeat(np.arange(len(labels)), gt_d)
@@ -42,7 +44,7 @@ def test_dtw_align_recovers_a_change_of_durations():
 
 def test_dtw_align_rejects_wrong_widths():
   with pytest.raises(ValueError, match=r"pred_tokens must be \(T, 29\)"):
-    evaluate_text.dtw_align(np.zeros((5, 80)), np.zeros((5, C.TOKEN_DIM)))
+    text_scoring.dtw_align(np.zeros((5, 80)), np.zeros((5, C.TOKEN_DIM)))
 
 
 def test_text_driven_clip_keeps_pauses_and_maps_both_ways():
@@ -53,7 +55,7 @@ def test_text_driven_clip_keeps_pauses_and_maps_both_ways():
   utts = [("first", 10, 20), ("second", 35, 50)]
   preds = {"first": _segment_tokens([5], [14], rng), "second": _segment_tokens([9], [6], rng)}
   silence = np.full((C.TOKEN_DIM,), -1.0, np.float32)
-  out = evaluate_text.text_driven_clip({"tokens": gt}, utts, lambda text, k: preds[text], silence)
+  out = text_scoring.text_driven_clip({"tokens": gt}, utts, lambda text, k: preds[text], silence)
   tokens, gen_of_gt, gt_of_gen = out["tokens"], out["gen_of_gt"], out["gt_of_gen"]
   # Pauses keep their length (10 + 15 + 10 frames); sentences take the predicted length.
   assert tokens.shape == (10 + 14 + 15 + 6 + 10, C.TOKEN_DIM)
@@ -75,61 +77,61 @@ def test_text_driven_clip_without_a_pause_token():
   gt = _segment_tokens([4, 0, 6], [5, 4, 5], rng)
   pred = _segment_tokens([4, 0, 6], [7, 3, 6], rng)
   # One sentence spanning the whole clip needs no pause frame at all.
-  out = evaluate_text.text_driven_clip({"tokens": gt}, [("all", 0, 14)], lambda t, k: pred, None)
+  out = text_scoring.text_driven_clip({"tokens": gt}, [("all", 0, 14)], lambda t, k: pred, None)
   assert out["tokens"].shape == pred.shape and out["gen_of_gt"].shape == (14,)
   with pytest.raises(ValueError, match=r"frames \[0, 2\) lie outside every utterance"):
-    evaluate_text.text_driven_clip({"tokens": gt}, [("late", 2, 14)], lambda t, k: pred, None)
+    text_scoring.text_driven_clip({"tokens": gt}, [("late", 2, 14)], lambda t, k: pred, None)
 
 
 def test_unspeakable_utterances_are_set_aside():
-  keep, drop = evaluate_text.speakable([("Hello there.", 0, 10), ("♪", 12, 20),
+  keep, drop = text_scoring.speakable([("Hello there.", 0, 10), ("♪", 12, 20),
                                         ("No.", 25, 30)])
   assert [u[0] for u in keep] == ["Hello there.", "No."] and drop == [("♪", 12, 20)]
 
 
 def test_text_key_ignores_case_punctuation_and_spacing():
-  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
-  assert t2t_data.text_key("Hello, world.") == t2t_data.text_key("hello   WORLD") == "hello world"
-  assert t2t_data.text_key("Ｈｅｌｌｏ!") == "hello"  # NFKC folds full-width letters.
-  assert t2t_data.text_key("Hello world") != t2t_data.text_key("Hello words")
+  from avflow_jax.data import utterances  # pylint: disable=g-import-not-at-top
+  assert utterances.text_key("Hello, world.") == utterances.text_key("hello   WORLD") == "hello world"
+  assert utterances.text_key("Ｈｅｌｌｏ!") == "hello"  # NFKC folds full-width letters.
+  assert utterances.text_key("Hello world") != utterances.text_key("Hello words")
 
 
 def test_training_split_summary_respects_the_holdout(demo_shards):
   import types  # pylint: disable=g-import-not-at-top
-  from avflow_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
+
   import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from avflow_jax.data import utterances  # pylint: disable=g-import-not-at-top
   loaded = types.SimpleNamespace(data_dir=demo_shards,
-                                 manifest=input_pipeline.load_manifest(demo_shards))
-  keys = lambda split: {t2t_data.text_key(u["text"]) for u in
-                        t2t_data.build_utterance_index(demo_shards, split, add_blank=False)}
+                                 manifest=manifest_lib.load_manifest(demo_shards))
+  keys = lambda split: {utterances.text_key(u["text"]) for u in
+                        utterances.build_utterance_index(demo_shards, split, add_blank=False)}
   config = ml_collections.ConfigDict({"data": {"holdout_split": ""}})
-  silence, seen = evaluate_text.training_split_summary(loaded, config, "train")
+  silence, seen = text_scoring.training_split_summary(loaded, config, "train")
   assert silence.shape == (C.TOKEN_DIM,) and np.isfinite(silence).all()
   assert int(np.argmax(silence)) == 0  # pauses are blank-dominated ASR frames.
   assert seen == keys("train") and seen & keys("val")
   config.data.holdout_split = "val"
-  _, seen_held = evaluate_text.training_split_summary(loaded, config, "train")
+  _, seen_held = text_scoring.training_split_summary(loaded, config, "train")
   assert seen_held == keys("train") - keys("val") and not seen_held & keys("val")
 
 
 @pytest.fixture(scope="module")
 def runs(demo_shards, tmp_path_factory):
   """A dyadic tiny avatar and a tiny text-to-tokens run (random weights) on the demo shards."""
-  from avflow_jax import inference  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   from tests import test_sample  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("evaluate_text")
   config = tiny.get_config()
   config.data.participant = True
-  av = inference.init_workdir(config, str(root / "av"), demo_shards)
+  av = random_init.init_workdir(config, str(root / "av"), demo_shards)
   t2t = test_sample._t2t_workdir(str(root / "t2t"), demo_shards)  # pylint: disable=protected-access
   return {"av": av, "t2t": t2t, "root": root, "data": demo_shards}
 
 
 def test_cli_scores_text_driven_lips(runs):
   out = runs["root"] / "report" / "val.json"
-  rc = evaluate_text.main(["--t2t-workdir", runs["t2t"], "--workdir", runs["av"],
+  rc = text_scoring.main(["--t2t-workdir", runs["t2t"], "--workdir", runs["av"],
                            "--output", str(out), "--max-clips", "1", "--steps", "1"])
   assert rc == 0
   with open(out) as f:
@@ -141,11 +143,11 @@ def test_cli_scores_text_driven_lips(runs):
     assert 0.0 <= m[key] <= 1.0, (key, m[key])
   assert m["duration_ratio"] > 0 and math.isfinite(m["duration_ratio"])
   # The tiny run trained on the whole train split: a sentence is seen iff it occurs there.
-  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
-  train_keys = {t2t_data.text_key(u["text"]) for u in
-                t2t_data.build_utterance_index(str(runs["data"]), "train")}
+  from avflow_jax.data import utterances  # pylint: disable=g-import-not-at-top
+  train_keys = {utterances.text_key(u["text"]) for u in
+                utterances.build_utterance_index(str(runs["data"]), "train")}
   for u in report["utterances"]:
-    assert u["seen"] == (t2t_data.text_key(u["text"]) in train_keys), u["text"]
+    assert u["seen"] == (utterances.text_key(u["text"]) in train_keys), u["text"]
   assert report["num_unseen"] == sum(not u["seen"] for u in report["utterances"])
   for u in report["utterances"]:
     assert u["text"] and 0 <= u["start"] < u["end"] and u["pred_frames"] > 0
@@ -154,10 +156,10 @@ def test_cli_scores_text_driven_lips(runs):
 
 
 def test_cli_bad_input_is_one_line(runs, capsys, tmp_path):
-  rc = evaluate_text.main(["--t2t-workdir", str(tmp_path / "missing"), "--workdir", runs["av"]])
+  rc = text_scoring.main(["--t2t-workdir", str(tmp_path / "missing"), "--workdir", runs["av"]])
   assert rc == 2 and "--t2t-workdir" in capsys.readouterr().err
   # The avatar workdir is not a text-to-tokens run.
-  rc = evaluate_text.main(["--t2t-workdir", runs["av"], "--workdir", runs["av"],
+  rc = text_scoring.main(["--t2t-workdir", runs["av"], "--workdir", runs["av"],
                            "--output", str(tmp_path / "r.json")])
   err = capsys.readouterr().err
   assert rc == 2 and "not a 'text_to_tokens' run" in err and "Traceback" not in err

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from avflow_jax import face_rig
+from avflow_jax.core import face_rig
 
 
 def _channels(rng, n):

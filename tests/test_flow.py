@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avflow_jax import flow
+from avflow_jax.core import flow
 
 
 def test_path_endpoints_and_velocity():

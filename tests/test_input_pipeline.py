@@ -4,15 +4,16 @@ import jax
 import numpy as np
 import pytest
 
-from avflow_jax import checkpointing
-from avflow_jax import input_pipeline
+from avflow_jax.core import checkpointing
+from avflow_jax.data import crops
+from avflow_jax.data import manifest as manifest_lib
 
 STREAMS = ("mel", "tokens", "face", "head")
 
 
 def _ds(data_dir, seed=0, pi=0, pc=1, batch=4, crop=32):
-  manifest = input_pipeline.load_manifest(data_dir)
-  return input_pipeline.make_crop_dataset(data_dir, manifest, "train", global_batch_size=batch,
+  manifest = manifest_lib.load_manifest(data_dir)
+  return crops.make_crop_dataset(data_dir, manifest, "train", global_batch_size=batch,
                                           crop=crop, streams=STREAMS, seed=seed,
                                           process_index=pi, process_count=pc)
 
@@ -68,4 +69,4 @@ def test_iterator_state_checkpoint_resumes_exactly(tiny_shards, tmp_path):
 
 def test_missing_manifest_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no manifest"):
-    input_pipeline.load_manifest(str(tmp_path))
+    manifest_lib.load_manifest(str(tmp_path))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avflow_jax import mas
+from avflow_jax.models import mas
 
 
 def _dp_reference(logp):

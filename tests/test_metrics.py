@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from avflow_jax import face_rig
-from avflow_jax import metrics
+from avflow_jax.core import face_rig
+from avflow_jax.evaluation import metrics
 
 SR = 22050
 

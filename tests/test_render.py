@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from avflow_jax import plots
-from avflow_jax import render
+from avflow_jax.core import plots
+from avflow_jax.inference import render
 
 SR = 22050
 FPS = 30

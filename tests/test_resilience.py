@@ -16,8 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from avflow_jax import checkpointing
-from avflow_jax import train
+from avflow_jax.core import errors
+from avflow_jax.core import run_dir
+from avflow_jax.training import loop
 from configs import head_vae as head_vae_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +35,7 @@ def setup(tiny_shards, tmp_path_factory):
   cfg.vae.ff_dim = 64
   cfg.num_steps, cfg.ckpt_every, cfg.log_every, cfg.batch_size = 5, 5, 5, 8
   cfg.compilation_cache_dir = ""
-  train.train_and_evaluate(cfg, vae_dir)
+  loop.train_and_evaluate(cfg, vae_dir)
   return {"data": tiny_shards, "vae": vae_dir, "cache": str(base / "jax_cache"), "base": base}
 
 
@@ -81,7 +82,7 @@ def _wait_for(predicate, proc, timeout=240):
 
 
 def _final_params(workdir):
-  _, params = checkpointing.load_params(workdir, which="params")
+  _, params = run_dir.load_params(workdir, which="params")
   return jax.device_get(params)
 
 
@@ -153,8 +154,8 @@ def test_sigterm_saves_and_exits_75_then_resumes(setup, reference):
                    max(_losses(workdir), default=0) >= 4, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == train.EXIT_PREEMPTED, err[-3000:]
-  saved = checkpointing.latest_checkpoint_dir(workdir)[0]
+  assert proc.returncode == errors.EXIT_PREEMPTED, err[-3000:]
+  saved = run_dir.latest_checkpoint_dir(workdir)[0]
   assert saved >= 4 and saved % 3 != 0  # An off-schedule checkpoint at the preemption step.
   proc = _run(_cmd(setup, workdir, 10))
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,9 +12,11 @@ from PIL import Image
 import pytest
 import soundfile
 
-from avflow_jax import constants as C
-from avflow_jax import render
 from avflow_jax import sample
+from avflow_jax.core import constants as C
+from avflow_jax.core import run_dir
+from avflow_jax.data import clips
+from avflow_jax.inference import render
 from tests import test_api
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork")  # ffmpeg and CLI subprocesses.
@@ -109,9 +111,9 @@ def test_cli_compare_with_two_samples(workdir, tmp_path, capsys):
   b = check_sample_files(str(out), "gt_1", 127, panels=2)
   assert not np.allclose(a["mel"], b["mel"])  # Two different samples of the same input.
   assert int(a["sample_index"]) == 0 and int(b["sample_index"]) == 1
-  from avflow_jax import inference  # pylint: disable=g-import-not-at-top
-  loaded = inference.load_avatar(workdir)
-  rec = inference.read_clip(loaded.data_dir, loaded.manifest, "val001")
+  from avflow_jax.inference import loading  # pylint: disable=g-import-not-at-top
+  loaded = loading.load_avatar(workdir)
+  rec = clips.read_clip(loaded.data_dir, loaded.manifest, "val001")
   np.testing.assert_array_equal(a["tokens"], rec["tokens"])  # The clip's tokens were the input.
   assert not _no_leftovers(str(out))
 
@@ -119,6 +121,7 @@ def test_cli_compare_with_two_samples(workdir, tmp_path, capsys):
 def _tiny_wav2vec2(directory):
   """A random-weight wav2vec2 (hop 320 like the base model) saved as a HF safetensors."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
   from avflow_jax.models import wav2vec2 as w2v  # pylint: disable=g-import-not-at-top
   hf = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
             conv_dim=[16, 16, 16], conv_kernel=[10, 8, 4], conv_stride=[5, 8, 8],
@@ -310,7 +313,7 @@ def test_failure_while_writing_leaves_nothing(workdir, tokens_file, tmp_path, mo
 
 @pytest.mark.slow
 def test_trained_run_round_trip(tiny_shards, tokens_file, tmp_path, capsys):
-  """A workdir written by train.train_and_evaluate (not init_workdir) samples too."""
+  """A workdir written by loop.train_and_evaluate (not init_workdir) samples too."""
   run = test_api.trained_workdir(tiny_shards, str(tmp_path))
   out = tmp_path / "trained_out"
   rc = sample.main(["--workdir", run, "--tokens", tokens_file, "--output", str(out),
@@ -322,12 +325,12 @@ def test_trained_run_round_trip(tiny_shards, tokens_file, tmp_path, capsys):
 def _t2t_workdir(root, data_dir):
   """A text-to-tokens run (configs/text_to_tokens.py:tiny) with random weights."""
   import jax  # pylint: disable=g-import-not-at-top
-  from avflow_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from avflow_jax import train  # pylint: disable=g-import-not-at-top
+
+  from avflow_jax.core import checkpointing  # pylint: disable=g-import-not-at-top
   from avflow_jax.models import text_to_tokens  # pylint: disable=g-import-not-at-top
   from configs import text_to_tokens as t2t_config  # pylint: disable=g-import-not-at-top
   c = t2t_config.get_config("tiny")
-  train.save_run_config(c, root, data_dir)
+  run_dir.save_run_config(c, root, data_dir)
   model = text_to_tokens.make_model(c)
   # Shapes from a trace, values from numpy: compiling the real init costs ~10 s of CPU.
   shapes = jax.eval_shape(lambda: text_to_tokens.init_params(model, jax.random.PRNGKey(0), 16,

@@ -4,17 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avflow_jax import input_pipeline
-from avflow_jax import sampling
-from avflow_jax import sharding
+from avflow_jax.core import sharding
+from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.inference import sampling
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae
 from configs import tiny
 
 
 def _setup(tiny_shards):
-  manifest = input_pipeline.load_manifest(tiny_shards)
-  model = dit.make_av_model(tiny.get_config().model, visual_dim=264, audio_dim=80)
+  manifest = manifest_lib.load_manifest(tiny_shards)
+  model = dit.make_av_model(
+      tiny.get_config().model, dit.AVDims(face=256, head_latent=8, audio=80, cond=29))
   vae = head_vae.HeadVAE(input_dim=7, ff_dim=32)
   t = 40
   av_params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, t, 264)), jnp.zeros((1, t, 80)),
@@ -22,7 +23,7 @@ def _setup(tiny_shards):
   vae_params = vae.init(jax.random.PRNGKey(1), jnp.zeros((1, t, 7)))["params"]
   import flax.linen as nn
   params = {"av": nn.unbox(av_params), "head_vae": vae_params,
-            "stats": input_pipeline.stats_arrays(manifest)}
+            "stats": manifest_lib.stats_arrays(manifest)}
   return model, vae, params
 
 

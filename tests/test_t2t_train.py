@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from avflow_jax import train
+from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.training import loop
 from configs import text_to_tokens
 
 
@@ -25,27 +26,27 @@ def test_text_to_tokens_trains_and_resumes_through_train_py(demo_shards, tmp_pat
   config.num_steps, config.log_every, config.ckpt_every = 6, 3, 3
   config.compilation_cache_dir = str(tmp_path / "jax_cache")  # The restart reuses it.
   workdir = str(tmp_path / "t2t")
-  first = train.train_and_evaluate(config, workdir)
+  first = loop.train_and_evaluate(config, workdir)
   assert np.isfinite(first["loss"]) and "loss_dur_loss" in first
-  assert train.checkpointing.latest_checkpoint_dir(workdir)[0] == 6
+  assert loop.checkpointing.latest_checkpoint_dir(workdir)[0] == 6
   config.num_steps = 9  # A restart continues from step 6.
-  again = train.train_and_evaluate(config, workdir)
-  assert train.checkpointing.latest_checkpoint_dir(workdir)[0] == 9
+  again = loop.train_and_evaluate(config, workdir)
+  assert loop.checkpointing.latest_checkpoint_dir(workdir)[0] == 9
   assert np.isfinite(again["loss"])
 
 
 def test_holdout_split_keeps_its_sentences_out_of_training(demo_shards, tmp_path):
-  from avflow_jax import t2t_data  # pylint: disable=g-import-not-at-top
+  from avflow_jax.data import utterances  # pylint: disable=g-import-not-at-top
   cache = str(tmp_path / "index")
-  val = t2t_data.build_utterance_index(demo_shards, "val", cache_dir=cache)
-  train_index = t2t_data.build_utterance_index(demo_shards, "train", cache_dir=cache)
-  held = {t2t_data.text_key(u["text"]) for u in val}
-  overlap = [u for u in train_index if t2t_data.text_key(u["text"]) in held]
+  val = utterances.build_utterance_index(demo_shards, "val", cache_dir=cache)
+  train_index = utterances.build_utterance_index(demo_shards, "train", cache_dir=cache)
+  held = {utterances.text_key(u["text"]) for u in val}
+  overlap = [u for u in train_index if utterances.text_key(u["text"]) in held]
   assert overlap, "the 2-minute demo corpus should repeat some val sentences in train"
   val_ids = {tuple(u["ids"]) for u in val}
 
   def example_ids(holdout):
-    ds = t2t_data.make_t2t_dataset(demo_shards, "train", 1, 0, 512, 1024, num_epochs=1,
+    ds = utterances.make_t2t_dataset(demo_shards, "train", 1, 0, 512, 1024, num_epochs=1,
                                    shuffle=False, cache_dir=cache, holdout_split=holdout,
                                    cache_mb=64)
     return [tuple(b["ids"][0, :b["ids_len"][0]]) for b in ds]
@@ -57,9 +58,8 @@ def test_holdout_split_keeps_its_sentences_out_of_training(demo_shards, tmp_path
 
 
 def test_config_variants_and_holdout_validation(demo_shards):
-  from avflow_jax import config_validation  # pylint: disable=g-import-not-at-top
-  from avflow_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  manifest = input_pipeline.load_manifest(demo_shards)
+  from avflow_jax.training import config_validation  # pylint: disable=g-import-not-at-top
+  manifest = manifest_lib.load_manifest(demo_shards)
   demo = text_to_tokens.get_config("demo")
   assert demo.data.holdout_split == "val" and demo.num_steps > 0
   config_validation.validate(demo, manifest, 1, 1)

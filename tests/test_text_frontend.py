@@ -12,7 +12,7 @@ from avflow_jax.text import symbols
 
 
 def _need_espeak():
-  from avflow_jax import espeak
+  from avflow_jax.text import espeak
   try:
     espeak.library_source()
   except espeak.EspeakError as e:

@@ -11,9 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from avflow_jax import constants
-from avflow_jax import records
-from avflow_jax import t2t_data
+from avflow_jax.core import constants
+from avflow_jax.core import records
+from avflow_jax.data import utterances
 from avflow_jax.models import text_to_tokens as t2t
 from configs import text_to_tokens as t2t_config
 
@@ -209,24 +209,24 @@ def _write_t2t_shards(out_dir):
 
 
 def test_t2t_dataset(tmp_path):
-  from avflow_jax import espeak
+  from avflow_jax.text import espeak
   try:
     espeak.library_source()
   except espeak.EspeakError as e:
     pytest.skip(f"eSpeak NG unavailable: {e}")
   clips = _write_t2t_shards(str(tmp_path))
-  index = t2t_data.build_utterance_index(str(tmp_path), "train",
+  index = utterances.build_utterance_index(str(tmp_path), "train",
                                          cache_dir=str(tmp_path / "cache"))
   assert [(u["record"], u["start"], u["end"]) for u in index] == [
       (0, 10, 90), (0, 120, 260), (1, 0, 100), (1, 150, 156), (2, 0, 120)]
   # The cached index is reused verbatim.
-  assert t2t_data.build_utterance_index(str(tmp_path), "train",
+  assert utterances.build_utterance_index(str(tmp_path), "train",
                                         cache_dir=str(tmp_path / "cache")) == index
-  kept = t2t_data.filter_index(index, max_symbols=96, max_frames=128)
+  kept = utterances.filter_index(index, max_symbols=96, max_frames=128)
   # (0, 120, 260) has 140 frames > 128; "Hi." has more symbols (11) than frames (6).
   assert [(u["record"], u["start"]) for u in kept] == [(0, 10), (1, 0), (2, 0)]
 
-  ds = t2t_data.make_t2t_dataset(str(tmp_path), "train", batch_size=2, seed=3,
+  ds = utterances.make_t2t_dataset(str(tmp_path), "train", batch_size=2, seed=3,
                                  max_symbols=96, max_frames=128, num_epochs=2, index=index,
                                  process_index=0, process_count=1)
   batches = list(ds)
@@ -247,11 +247,11 @@ def test_t2t_dataset(tmp_path):
       seen.append(u["record"])
   assert sorted(seen) == [0, 0, 1, 1, 2, 2]
   # Same seed, same order; two processes get disjoint halves of the same stream.
-  again = list(t2t_data.make_t2t_dataset(str(tmp_path), "train", 2, 3, 96, 128, num_epochs=2,
+  again = list(utterances.make_t2t_dataset(str(tmp_path), "train", 2, 3, 96, 128, num_epochs=2,
                                          index=index, process_index=0, process_count=1))
   np.testing.assert_array_equal(np.concatenate([b["ids"] for b in batches]),
                                 np.concatenate([b["ids"] for b in again]))
-  halves = [list(t2t_data.make_t2t_dataset(str(tmp_path), "train", 2, 3, 96, 128,
+  halves = [list(utterances.make_t2t_dataset(str(tmp_path), "train", 2, 3, 96, 128,
                                            num_epochs=2, index=index, process_index=p,
                                            process_count=2)) for p in (0, 1)]
   assert [len(h) for h in halves] == [3, 3] and halves[0][0]["ids"].shape == (1, 96)
@@ -263,8 +263,8 @@ def test_t2t_dataset_bad_utterances():
   clip = {"tokens": np.zeros((10, 29), np.float32),
           "utterances": json.dumps([{"text": "x", "start": 5, "end": 20}])}
   with pytest.raises(ValueError, match="rec7: utterances\\[0\\] frames \\[5, 20\\)"):
-    t2t_data.clip_utterances(clip, "rec7")
+    utterances.clip_utterances(clip, "rec7")
   with pytest.raises(ValueError, match="rec7: field 'utterances' is not a JSON"):
-    t2t_data.clip_utterances({"tokens": clip["tokens"], "utterances": "{oops"}, "rec7")
-  assert t2t_data.clip_utterances({"tokens": clip["tokens"], "text": "hi"}, "r") == [
+    utterances.clip_utterances({"tokens": clip["tokens"], "utterances": "{oops"}, "rec7")
+  assert utterances.clip_utterances({"tokens": clip["tokens"], "text": "hi"}, "r") == [
       ("hi", 0, 10)]

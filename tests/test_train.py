@@ -1,6 +1,5 @@
 """The sharded training step: overfitting, mesh invariance, cross-mesh restore, fsdp."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -8,19 +7,20 @@ import numpy as np
 import optax
 import pytest
 
-from avflow_jax import checkpointing
-from avflow_jax import input_pipeline
-from avflow_jax import sharding
-from avflow_jax import tasks
-from avflow_jax import train
+from avflow_jax.core import checkpointing
+from avflow_jax.core import sharding
+from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.models import head_vae as head_vae_lib
+from avflow_jax.training import loop
+from avflow_jax.training import tasks
 from configs import head_vae as head_vae_config
 from configs import tiny
 
 
 def _task(config, data_dir):
-  manifest = input_pipeline.load_manifest(data_dir)
+  manifest = manifest_lib.load_manifest(data_dir)
   vae_cfg = head_vae_config.get_config()
-  vae = tasks.head_vae_from_config(vae_cfg, manifest["dims"]["head"])
+  vae = head_vae_lib.from_config(vae_cfg, manifest["dims"]["head"])
   vae_params = vae.init({"params": jax.random.PRNGKey(5), "dropout": jax.random.PRNGKey(5)},
                         jnp.zeros((1, 8, manifest["dims"]["head"])))["params"]
   return tasks.build_av_task(config, manifest, data_dir, vae, vae_params), manifest
@@ -39,10 +39,11 @@ def _first_batch(task, config):
 
 def _loss_after_steps(config, data_dir, mesh, n):
   task, _ = _task(config, data_dir)
-  tx, schedule = train.optim.make_optimizer(config)
-  init_fn, state_sh, _ = train.make_train_state(task, tx, mesh, jax.random.PRNGKey(0))
+  tx, schedule = loop.optim.make_optimizer(config)
+  init_fn, state_sh, _ = loop.make_train_state(task, tx, mesh, jax.random.PRNGKey(0),
+                                          config.mesh.rules)
   state = init_fn(jax.random.PRNGKey(0))
-  step = jax.jit(train.make_train_step(task, tx, schedule, config),
+  step = jax.jit(loop.make_train_step(task, tx, schedule, config),
                  in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   batch = _first_batch(task, config)
@@ -70,7 +71,7 @@ def test_tiny_model_overfits_one_batch(tiny_shards):
   config.batch_size = 2
   config.model.d_model, config.model.hidden_dim = 64, 128
   task, _ = _task(config, tiny_shards)
-  tx, _ = train.optim.make_optimizer(config)
+  tx, _ = loop.optim.make_optimizer(config)
   batch = jax.tree.map(jnp.asarray, _first_batch(task, config))
   params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x,
                         task.init(jax.random.PRNGKey(0)),
@@ -101,8 +102,9 @@ def test_checkpoint_restores_on_another_mesh(tiny_shards, tmp_path):
 
   mesh = _mesh(2, 4)
   task, _ = _task(config, tiny_shards)
-  tx, _ = train.optim.make_optimizer(config)
-  _, state_sh, abstract = train.make_train_state(task, tx, mesh, jax.random.PRNGKey(0))
+  tx, _ = loop.optim.make_optimizer(config)
+  _, state_sh, abstract = loop.make_train_state(task, tx, mesh, jax.random.PRNGKey(0),
+                                          config.mesh.rules)
   step, restored = checkpointing.restore(
       manager, checkpointing.abstract_with_shardings(abstract, state_sh))
   assert step == 1
@@ -114,16 +116,17 @@ def test_checkpoint_restores_on_another_mesh(tiny_shards, tmp_path):
 def test_nonfinite_update_is_skipped(tiny_shards):
   config = tiny.get_config()
   task, _ = _task(config, tiny_shards)
-  tx, schedule = train.optim.make_optimizer(config)
+  tx, schedule = loop.optim.make_optimizer(config)
   mesh = _mesh(8, 1)
-  init_fn, state_sh, _ = train.make_train_state(task, tx, mesh, jax.random.PRNGKey(0))
+  init_fn, state_sh, _ = loop.make_train_state(task, tx, mesh, jax.random.PRNGKey(0),
+                                          config.mesh.rules)
   state = init_fn(jax.random.PRNGKey(0))
   before = jax.device_get(state["params"])
   batch = _first_batch(task, config)
   batch["mel"][0, 0, 0] = np.nan
-  step = jax.jit(train.make_train_step(task, tx, schedule, config))
+  step = jax.jit(loop.make_train_step(task, tx, schedule, config))
   new_state, metrics = step(state, sharding.global_batch(batch, mesh))
   assert not bool(metrics["finite"])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state["params"]), before)
   with pytest.raises(FloatingPointError, match="step 7 .*non-finite input data: mel"):
-    train._check_finite(jax.device_get(metrics), 7)
+    loop._check_finite(jax.device_get(metrics), 7)

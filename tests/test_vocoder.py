@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from avflow_jax import constants
-from avflow_jax import vocoder as voc
+from avflow_jax.core import constants
+from avflow_jax.inference import vocoder as voc
 from avflow_jax.models import bigvgan as bv
 from tests import fixtures
 

@@ -6,11 +6,12 @@ import os
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
 
-from avflow_jax import constants as C
+from avflow_jax.core import constants as C
+from avflow_jax.models import asr
 from avflow_jax.models import wav2vec2 as w2v
-from data_prep import asr
 
 # Same architecture type as base 960h (group-norm conv0, post-LN, even pos-conv kernel), tiny.
 # query_block 64 < frames so the blocked attention path (lax.map + query padding) is exercised.

@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 # Fixed anti-aliasing filter of BigVGAN's Activation1d (ratio 2, 12 taps).

@@ -6,6 +6,7 @@ embedding drives adaLN-zero modulation in every sublayer, and after every block 
 Linear(2d, 2d) over [audio ; visual] is split and added back to both towers.
 """
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -186,17 +187,71 @@ class AVFlowTransformer(nn.Module):
     return out_v.astype(jnp.float32), out_a.astype(jnp.float32)
 
 
-def make_av_model(model_cfg, visual_dim: int, audio_dim: int) -> AVFlowTransformer:
-  """Builds the network from the `config.model` ConfigDict."""
-  windows = model_cfg.windows
-  if isinstance(windows[0], int):  # A single (left, right) pair means: the same for all layers.
-    windows = (tuple(windows),) * model_cfg.num_layers
-  if len(windows) != model_cfg.num_layers:
-    raise ValueError(f"config.model.windows has {len(windows)} entries but "
-                     f"config.model.num_layers is {model_cfg.num_layers}")
+def layer_windows(windows, num_layers: int) -> tuple[tuple[int, int], ...]:
+  """`config.model.windows` as one (left, right) pair per layer.
+
+  A single pair means the same window for every layer; a list gives one pair per layer.
+  Sizes are integers >= 0, or -1 for an unbounded side.
+
+  Raises:
+    ValueError: naming `config.model.windows` and what is wrong with it.
+  """
+  windows = list(windows)
+  if windows and not isinstance(windows[0], (list, tuple)):
+    windows = [windows] * num_layers
+  if len(windows) != num_layers:
+    raise ValueError(f"config.model.windows: {len(windows)} pairs for {num_layers} layers "
+                     "(give one (left, right) pair, or one per layer)")
+  out = []
+  for w in windows:
+    if len(w) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in w):
+      raise ValueError(f"config.model.windows: {tuple(w)} is not a (left, right) pair of "
+                       "integers")
+    if any(v < -1 for v in w):
+      raise ValueError(f"config.model.windows: {tuple(w)}: use sizes >= 0, or -1 for an "
+                       "unbounded side")
+    out.append((int(w[0]), int(w[1])))
+  return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class AVDims:
+  """Widths of the AV model's streams, derived from the data's dims and the head VAE.
+
+  Attributes:
+    face: face-code width.
+    head_latent: the head VAE's latent width.
+    audio: mel bands (the audio tower's input and output).
+    cond: per-frame conditioning (tokens, plus the participant's features when dyadic).
+  """
+  face: int
+  head_latent: int
+  audio: int
+  cond: int
+
+  @property
+  def visual(self) -> int:
+    """The visual tower's input and output: [face codes ; head latent]."""
+    return self.face + self.head_latent
+
+  @classmethod
+  def from_data(cls, dims: dict, head_latent: int, participant: bool) -> "AVDims":
+    """From a manifest's `dims`; `participant` adds their features to the conditioning."""
+    return cls(face=dims["face"], head_latent=head_latent, audio=dims["mel"],
+               cond=dims["tokens"] + (dims.get("participant", 0) if participant else 0))
+
+
+def make_av_model(model_cfg, dims: AVDims) -> AVFlowTransformer:
+  """Builds the network from the `config.model` ConfigDict and the stream widths."""
   return AVFlowTransformer(
-      visual_dim=visual_dim, audio_dim=audio_dim, d_model=model_cfg.d_model,
+      visual_dim=dims.visual, audio_dim=dims.audio, d_model=model_cfg.d_model,
       hidden_dim=model_cfg.hidden_dim, num_heads=model_cfg.num_heads,
-      windows=tuple(tuple(w) for w in windows), fusion=model_cfg.fusion,
+      windows=layer_windows(model_cfg.windows, model_cfg.num_layers), fusion=model_cfg.fusion,
       attention_block=model_cfg.attention_block, remat=model_cfg.get("remat", False),
       dtype=jnp.dtype(model_cfg.dtype))
+
+
+def init_av_params(model: AVFlowTransformer, dims: AVDims, rng, frames: int = 16):
+  """Initial params (leaves boxed with their logical axis names) for `frames`-long inputs."""
+  z = lambda d: jnp.zeros((1, frames, d), jnp.float32)
+  return model.init(rng, z(dims.visual), z(dims.audio), z(dims.cond), jnp.zeros((1,)))["params"]

@@ -10,6 +10,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 
 class TransformerLayer(nn.Module):
@@ -94,3 +95,22 @@ def vae_loss(recon, x, mu, log_var, frame_mask: Optional[jax.Array] = None,
   kl = -0.5 * jnp.sum(1 + log_var - mu ** 2 - jnp.exp(log_var), axis=-1)
   kl = (kl * frame_mask).sum() / n
   return l1 + kld_weight * kl, {"recon_l1": l1, "kl": kl}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The official head VAE's architecture (the `config.vae` of a head-VAE run)."""
+  c = ml_collections.ConfigDict()
+  c.latent_dim = 8  # Latent dims per frame (the AV model's head target).
+  c.hidden = 16  # Transformer width.
+  c.ff_dim = 2048  # Transformer feed-forward width.
+  c.num_heads = 1  # Attention heads.
+  c.dropout = 0.1  # Dropout inside the transformer layers.
+  c.kld_weight = 1.0  # Weight of the KL term.
+  return c
+
+
+def from_config(vae_cfg, input_dim: int) -> HeadVAE:
+  """The HeadVAE of a head-VAE run config (its `vae` field) for `input_dim`-d poses."""
+  v = vae_cfg.vae
+  return HeadVAE(input_dim=input_dim, latent_dim=v.latent_dim, hidden=v.hidden,
+                 ff_dim=v.ff_dim, num_heads=v.num_heads, dropout=v.dropout)

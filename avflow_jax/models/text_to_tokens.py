@@ -32,8 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avflow_jax import constants
-from avflow_jax import mas
+from avflow_jax.core import constants
+from avflow_jax.models import mas
 
 # PyTorch's default Conv/Linear init (kaiming_uniform with a = sqrt(5)) is U(+-1/sqrt(fan_in)).
 _torch_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")

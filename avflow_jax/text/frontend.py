@@ -19,7 +19,7 @@ DEFAULT_VOICE = "en-us"
 
 def _phonemize(text: str, voice: str) -> str:
   # Imported lazily: eSpeak NG is an optional (GPL) dependency needed only here.
-  from avflow_jax import espeak  # pylint: disable=g-import-not-at-top
+  from avflow_jax.text import espeak  # pylint: disable=g-import-not-at-top
   return espeak.phonemize(text, voice=voice)
 
 

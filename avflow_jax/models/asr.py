@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import soxr
 
-from avflow_jax import constants as C
+from avflow_jax.core import constants as C
 from avflow_jax.models import wav2vec2 as w2v
 
 ASR_SAMPLE_RATE = 16000

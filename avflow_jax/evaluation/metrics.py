@@ -22,7 +22,7 @@ import scipy.linalg
 import scipy.ndimage
 import scipy.signal
 
-from avflow_jax import face_rig as face_rig_lib
+from avflow_jax.core import face_rig as face_rig_lib
 
 # Beat Align, Bailando's settings (sigma 3 frames, velocity smoothed with a 5-frame
 # Gaussian, at 60 fps) expressed in seconds so 30 fps and 86.13 fps motion agree.

@@ -85,6 +85,7 @@ def quiet_cli_logs(verbose: bool):
   """
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   import warnings  # pylint: disable=g-import-not-at-top
+
   from absl import logging  # pylint: disable=g-import-not-at-top
   old_verbosity = logging.get_verbosity()
   root = std_logging.getLogger()

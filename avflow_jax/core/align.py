@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from avflow_jax import constants as C
-from data_prep.errors import BadInput
+from avflow_jax.core import constants as C
+from avflow_jax.core.errors import BadInput
 
 # Nominal wav2vec2 frame rate: hop 320 at 16 kHz; each chunk (20 s by default) loses one frame.
 TOKEN_HOP_RATE = 50.0

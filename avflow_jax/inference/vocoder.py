@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avflow_jax import constants
+from avflow_jax.core import constants
 from avflow_jax.models import bigvgan
 
 _LOG_FLOOR = math.log(1e-5)  # log-mel of silence (BigVGAN's clamp)

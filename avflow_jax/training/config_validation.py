@@ -5,7 +5,8 @@ Every message names the config field, so a typo costs seconds, not a failed comp
 
 import jax.numpy as jnp
 
-from avflow_jax import sharding
+from avflow_jax.core import sharding
+from avflow_jax.models import dit
 
 
 def _fail(field, msg):
@@ -37,7 +38,7 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
   dims = manifest["dims"]
   if config.task == "av":
     _validate_av_model(config.model)
-    for stream, want in (("face", None), ("mel", None), ("tokens", None), ("head", None)):
+    for stream in ("face", "mel", "tokens", "head"):
       if not dims.get(stream):
         _fail("data.dir", f"the data has no {stream!r} stream (dims {dims}); the AV model needs "
               "mel, tokens, face and head")
@@ -66,16 +67,10 @@ def _validate_av_model(m) -> None:
     _fail("model.num_heads", f"d_model {m.d_model} is not divisible by {m.num_heads} heads")
   if (m.d_model // m.num_heads) % 2:
     _fail("model.num_heads", "the head dim must be even for rotary embeddings")
-  windows = m.windows
-  if len(windows) and isinstance(windows[0], int):
-    windows = [windows]
-  elif len(windows) != m.num_layers:
-    _fail("model.windows", f"{len(windows)} pairs for {m.num_layers} layers")
-  for w in windows:
-    if len(w) != 2 or not all(isinstance(v, int) for v in w):
-      _fail("model.windows", f"{w} is not a (left, right) pair of integers")
-    if any(v < -1 for v in w):
-      _fail("model.windows", f"{w}: use sizes >= 0, or -1 for an unbounded window")
+  try:
+    dit.layer_windows(m.windows, m.num_layers)
+  except ValueError as e:
+    raise ValueError(str(e)) from None
   try:
     jnp.dtype(m.dtype)
   except TypeError:

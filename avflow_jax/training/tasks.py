@@ -6,49 +6,20 @@
   * "text_to_tokens": the Matcha-style text-to-tokens model.
 """
 
-import dataclasses
-from typing import Any, Callable
-
 import jax
 import jax.numpy as jnp
 
-from avflow_jax import flow
-from avflow_jax import input_pipeline
+from avflow_jax.core import flow
+from avflow_jax.data import crops
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
+from avflow_jax.training import task as task_lib
 
 
-@dataclasses.dataclass
-class Task:
-  """The task-specific pieces of a training run.
-
-  Attributes:
-    name: task name.
-    init: rng -> params (leaves may be nn.LogicallyPartitioned boxes).
-    loss_fn: (params, batch, rng, train) -> (scalar loss, dict of scalar metrics).
-    make_dataset: (split, seed, rows) -> grain IterDataset of per-host numpy batch dicts, where
-      rows are the rows of each global batch this host reads (input_pipeline.process_rows).
-    frames_per_example: frames in one example (for frames/s).
-    flops_per_example: forward FLOPs of one example (for MFU), or 0 if unknown.
-  """
-  name: str
-  init: Callable[[jax.Array], Any]
-  loss_fn: Callable[..., Any]
-  make_dataset: Callable[..., Any]
-  frames_per_example: int
-  flops_per_example: float = 0.0
-
-
-def head_vae_from_config(config, input_dim: int) -> head_vae_lib.HeadVAE:
-  v = config.vae
-  return head_vae_lib.HeadVAE(input_dim=input_dim, latent_dim=v.latent_dim, hidden=v.hidden,
-                              ff_dim=v.ff_dim, num_heads=v.num_heads, dropout=v.dropout)
-
-
-def build_head_vae_task(config, manifest: dict, data_dir: str) -> Task:
+def build_head_vae_task(config, manifest: dict, data_dir: str) -> task_lib.Task:
   """The head-pose VAE on random crops of the (normalised) head-pose stream."""
   head_dim = manifest["dims"]["head"]
-  model = head_vae_from_config(config, head_dim)
+  model = head_vae_lib.from_config(config, head_dim)
   crop = config.data.crop_frames
 
   def init(rng):
@@ -63,43 +34,27 @@ def build_head_vae_task(config, manifest: dict, data_dir: str) -> Task:
     return loss, {"loss_" + k: v for k, v in parts.items()}
 
   def make_dataset(split, seed, rows=None):
-    return input_pipeline.make_crop_dataset(
+    return crops.make_crop_dataset(
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
         streams=("head",), seed=seed, rows=rows, num_workers=config.data.num_workers,
         cache_mb=config.data.get("cache_mb", 0))
 
-  return Task("head_vae", init, loss_fn, make_dataset, crop)
+  return task_lib.Task("head_vae", init, loss_fn, make_dataset, crop)
 
 
-def av_forward_flops(config, visual_dim: int, audio_dim: int, cond_dim: int, frames: int) -> float:
-  """Matmul FLOPs of one forward pass over `frames` frames (2 per multiply-add)."""
-  m = config.model
-  d, h, layers = m.d_model, m.hidden_dim, m.num_layers
-  left, right = m.windows if isinstance(m.windows[0], int) else m.windows[0]
-  keys = (left + right + 1) if min(left, right) >= 0 else frames
-  per_block = 2 * (d * 3 * d + d * d + 2 * d * h) + 4 * keys * d  # qkv, out, ff, attention.
-  per_layer = 2 * per_block + (2 * (2 * d) * (2 * d) if m.fusion else 0)
-  io = 2 * ((visual_dim + cond_dim) * d + (audio_dim + cond_dim) * d
-            + d * visual_dim + d * audio_dim)
-  return float(frames * (layers * per_layer + io))
-
-
-def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) -> Task:
+def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) -> task_lib.Task:
   """AV-Flow: flow matching on x1 = [face ; head latent (VAE mean)] and mel given tokens."""
   dims = manifest["dims"]
-  face_dim, mel_dim = dims["face"], dims["mel"]
-  latent_dim = vae_model.latent_dim
-  cond_dim = dims["tokens"] + (dims.get("participant", 0) if config.data.participant else 0)
-  visual_dim = face_dim + latent_dim
-  model = dit.make_av_model(config.model, visual_dim=visual_dim, audio_dim=mel_dim)
+  face_dim = dims["face"]
+  av_dims = dit.AVDims.from_data(dims, vae_model.latent_dim, config.data.participant)
+  model = dit.make_av_model(config.model, av_dims)
   crop = config.data.crop_frames
   weights = {"face": config.loss.face_weight, "head": config.loss.head_weight,
              "mel": config.loss.mel_weight}
   sigma_min = config.loss.sigma_min
 
   def init(rng):
-    z = lambda d: jnp.zeros((1, crop, d), jnp.float32)
-    return model.init(rng, z(visual_dim), z(mel_dim), z(cond_dim), jnp.zeros((1,)))["params"]
+    return dit.init_av_params(model, av_dims, rng, crop)
 
   def loss_fn(params, batch, rng, train=True):
     del train
@@ -135,12 +90,9 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
     streams.append("participant")
 
   def make_dataset(split, seed, rows=None):
-    return input_pipeline.make_crop_dataset(
+    return crops.make_crop_dataset(
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
         streams=streams, seed=seed, rows=rows, num_workers=config.data.num_workers,
         cache_mb=config.data.get("cache_mb", 0))
 
-  flops = av_forward_flops(config, visual_dim, mel_dim, cond_dim, crop)
-  task = Task("av", init, loss_fn, make_dataset, crop, flops)
-  task.model = model  # Exposed for samplers and benchmarks.
-  return task
+  return task_lib.Task("av", init, loss_fn, make_dataset, crop)

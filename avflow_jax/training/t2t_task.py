@@ -1,13 +1,11 @@
 """The text-to-tokens task for the shared training loop (`config.task = "text_to_tokens"`)."""
 
-import jax
-
-from avflow_jax import t2t_data
-from avflow_jax import tasks
+from avflow_jax.data import utterances
 from avflow_jax.models import text_to_tokens
+from avflow_jax.training import task as task_lib
 
 
-def build_t2t_task(config, manifest: dict, data_dir: str) -> tasks.Task:
+def build_t2t_task(config, manifest: dict, data_dir: str) -> task_lib.Task:
   """Matcha-style text -> 29-d token model on the utterances of the shards."""
   del manifest
   model = text_to_tokens.make_model(config)
@@ -21,17 +19,11 @@ def build_t2t_task(config, manifest: dict, data_dir: str) -> tasks.Task:
     return loss, {"loss_" + k: v for k, v in metrics.items() if k != "loss"}
 
   def make_dataset(split, seed, rows=None):
-    # Utterances are sliced per host (the rows of the global batch are contiguous per host).
-    local = len(rows) if rows is not None else config.batch_size // jax.process_count()
-    first = rows[0] if rows is not None else jax.process_index() * local
-    return t2t_data.make_t2t_dataset(
+    return utterances.make_t2t_dataset(
         data_dir, split, config.batch_size, seed, max_symbols, max_frames,
-        add_blank=config.data.add_blank, process_index=first // local,
-        process_count=config.batch_size // local, num_workers=config.data.num_workers,
+        add_blank=config.data.add_blank, rows=rows, num_workers=config.data.num_workers,
         cache_dir=config.data.get("index_cache"),
         holdout_split=config.data.get("holdout_split", ""),
         cache_mb=config.data.get("cache_mb", 0))
 
-  task = tasks.Task("text_to_tokens", init, loss_fn, make_dataset, max_frames)
-  task.model = model
-  return task
+  return task_lib.Task("text_to_tokens", init, loss_fn, make_dataset, max_frames)

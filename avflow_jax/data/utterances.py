@@ -19,17 +19,19 @@ import json
 import os
 import re
 import time
+from typing import Any, Optional, Sequence
 import unicodedata
-from typing import Any, Optional
 
 from absl import logging
 import grain
 import jax
 import numpy as np
 
-from avflow_jax import constants
-from avflow_jax import input_pipeline
-from avflow_jax import records
+from avflow_jax.core import constants
+from avflow_jax.core import records
+from avflow_jax.data import clips
+from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.data import rows as rows_lib
 from avflow_jax.text import frontend
 from avflow_jax.text import symbols
 
@@ -96,8 +98,8 @@ def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
     in record order (utterances that phonemise to nothing are left out).
   """
   data_dir = os.path.expanduser(data_dir)
-  manifest = input_pipeline.load_manifest(data_dir)
-  paths = input_pipeline.shard_paths(data_dir, manifest, split)
+  manifest = manifest_lib.load_manifest(data_dir)
+  paths = manifest_lib.shard_paths(data_dir, manifest, split)
   cache = _index_cache_path(cache_dir, manifest, split, add_blank) if cache_dir else None
   if cache and os.path.exists(cache):
     with open(cache) as f:
@@ -192,7 +194,7 @@ class LoadUtterance(grain.transforms.Map):
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
     if self._source is None:
-      self._source = input_pipeline.DecodedClips(self.paths, self.cache_mb,
+      self._source = clips.DecodedClips(self.paths, self.cache_mb,
                                                  keep=("name", "tokens"))
     clip = self._source[element["record"]]
     start, end = element["start"], element["end"]
@@ -212,6 +214,7 @@ class LoadUtterance(grain.transforms.Map):
 def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_symbols: int,
                      max_frames: int, *, num_epochs: Optional[int] = None,
                      shuffle: bool = True, add_blank: bool = True,
+                     rows: Optional[Sequence[int]] = None,
                      process_index: Optional[int] = None, process_count: Optional[int] = None,
                      num_workers: int = 0, cache_dir: Optional[str] = None,
                      index: Optional[list[dict[str, Any]]] = None,
@@ -228,7 +231,8 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
     num_epochs: None repeats forever (training); an integer gives that many passes.
     shuffle: shuffle the utterances.
     add_blank: intersperse blanks in the ids (as the model was trained).
-    process_index, process_count: this process's slice (default: JAX's).
+    rows: the rows of each global batch this process reads (`rows.process_rows`); default:
+      the contiguous slice `process_index` of `process_count` (default: JAX's).
     num_workers: Grain worker processes (0 = read in this process).
     cache_dir: where to cache the phonemised utterance index (None = rebuild every time).
     index: a prebuilt `build_utterance_index` result (skips the reading pass).
@@ -242,10 +246,7 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
   data_dir = os.path.expanduser(data_dir)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"batch_size={batch_size} must be a positive multiple of the "
-                     f"{process_count} processes")
-  per_process = batch_size // process_count
+  rows = rows_lib.resolve_rows(batch_size, rows, process_index, process_count)
   if index is None:
     index = build_utterance_index(data_dir, split, add_blank=add_blank, cache_dir=cache_dir)
   if holdout_split and holdout_split != split:
@@ -257,7 +258,7 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
     raise ValueError(f"{data_dir} split {split!r}: {len(index)} usable utterances, fewer than "
                      f"one batch of {batch_size} (max_symbols={max_symbols}, "
                      f"max_frames={max_frames})")
-  paths = input_pipeline.shard_paths(data_dir, input_pipeline.load_manifest(data_dir), split)
+  paths = manifest_lib.shard_paths(data_dir, manifest_lib.load_manifest(data_dir), split)
   ds = grain.MapDataset.source(index).seed(seed)
   if shuffle:
     ds = ds.shuffle()
@@ -265,9 +266,9 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
   if num_epochs is not None:
     # Equal work on every process: cut to whole global batches before slicing.
     ds = ds[:len(ds) // batch_size * batch_size]
-  ds = ds[process_index::process_count]
+  ds = rows_lib.HostRows(ds, rows, batch_size)
   ds = ds.map(LoadUtterance(paths, max_symbols, max_frames, cache_mb))
-  ds = ds.batch(per_process, drop_remainder=True)
+  ds = ds.batch(len(rows), drop_remainder=True)
   it = ds.to_iter_dataset()
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

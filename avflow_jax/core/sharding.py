@@ -4,13 +4,14 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 MESH_AXES = ("data", "fsdp")
 # Logical axes named in the model -> mesh axes. 'embed' (the d_model side of every kernel) is
 # sharded over fsdp; everything else is replicated. The batch is split over both mesh axes.
-LOGICAL_RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"))
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:
@@ -49,10 +50,36 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def logical_shardings(boxed_tree: Any, mesh) -> Any:
-  """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes."""
+def logical_rules(rules) -> tuple:
+  """`config.mesh.rules` as flax's ((logical axis, mesh axes or None), ...).
+
+  Raises:
+    ValueError: a rule that is not a (name, axes) pair or names an axis the mesh lacks.
+  """
+  out = []
+  for rule in rules:
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f"config.mesh.rules: {rule!r} is not a (logical axis, mesh axes) pair")
+    name, axes = rule
+    axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+    for a in (axes if isinstance(axes, tuple) else (axes,)):
+      if a is not None and a not in MESH_AXES:
+        raise ValueError(f"config.mesh.rules: {rule!r} names mesh axis {a!r}; the mesh has "
+                         f"{MESH_AXES}")
+    out.append((name, axes))
+  return tuple(out)
+
+
+def logical_shardings(boxed_tree: Any, mesh, rules) -> Any:
+  """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes.
+
+  Args:
+    boxed_tree: params (or a train state) with logical axis names on their leaves.
+    mesh: the device mesh.
+    rules: `config.mesh.rules`: which mesh axes each logical axis is split over.
+  """
   specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+  return nn.logical_to_mesh_sharding(specs, mesh, logical_rules(rules))
 
 
 def global_batch(local_batch: dict, mesh) -> dict:

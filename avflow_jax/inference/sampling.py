@@ -11,7 +11,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from avflow_jax import flow
+from avflow_jax.core import flow
 
 
 def _norm(x, stats, name):

@@ -5,8 +5,8 @@ import struct
 
 import numpy as np
 
-from avflow_jax import constants as C
-from data_prep.errors import BadInput
+from avflow_jax.core import constants as C
+from avflow_jax.core.errors import BadInput
 
 
 def _check_riff_complete(path: str) -> None:

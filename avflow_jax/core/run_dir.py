@@ -1,0 +1,131 @@
+"""The run directory: what a training workdir holds, written by training and read by everyone.
+
+  WORKDIR/config.json      the run's resolved ConfigDict (with the data dir it trained on)
+  WORKDIR/checkpoints/N/   orbax checkpoints; only committed (renamed) steps are digits
+  WORKDIR/metrics.jsonl    one JSON object per logged step
+  WORKDIR/tensorboard/     TensorBoard event files
+  WORKDIR/head_vae/        the automatically trained head-pose VAE of an AV run (a run dir too)
+
+Every reader here raises `AvatarError` with a message naming the path and the fix.
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from avflow_jax.core import files
+from avflow_jax.core.errors import AvatarError
+
+RUN_CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+HEAD_VAE_DIR = "head_vae"
+
+
+def checkpoint_root(workdir: str) -> str:
+  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), CHECKPOINTS)
+
+
+def save_run_config(config, workdir: str, data_dir: str) -> None:
+  """Writes WORKDIR/config.json (with the resolved data dir) so samplers can rebuild the run."""
+  if jax.process_index() != 0:
+    return
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.data.dir = data_dir
+    if c.task == "av" and not c.head_vae.workdir:
+      c.head_vae.workdir = os.path.join(workdir, HEAD_VAE_DIR)
+  files.write_atomic(os.path.join(workdir, RUN_CONFIG), c.to_json_best_effort(indent=2))
+
+
+def has_run_config(workdir: str) -> bool:
+  return os.path.exists(os.path.join(os.path.expanduser(workdir), RUN_CONFIG))
+
+
+def read_run_config(workdir: str, what: str = "workdir") -> ml_collections.ConfigDict:
+  """WORKDIR/config.json as a ConfigDict; AvatarError naming the file (`what` names the flag)."""
+  workdir = os.path.expanduser(workdir)
+  path = os.path.join(workdir, RUN_CONFIG)
+  if not os.path.isdir(workdir):
+    raise AvatarError(f"{what} {workdir}: no such directory")
+  if not os.path.exists(path):
+    raise AvatarError(f"{path}: missing; {workdir} is not a training workdir (train one with "
+                      "`python -m avflow_jax.train --workdir ...`)")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, json.JSONDecodeError) as e:
+    raise AvatarError(f"{path}: unreadable run config ({e})") from e
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Committed checkpoint steps of a workdir, ascending ([] if none)."""
+  root = checkpoint_root(workdir)
+  if not os.path.isdir(root):
+    return []
+  # Only directories that orbax committed (renamed from their temporary name) are steps.
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit())
+
+
+def latest_step(workdir: str) -> Optional[int]:
+  steps = checkpoint_steps(workdir)
+  return steps[-1] if steps else None
+
+
+def latest_checkpoint_dir(workdir: str) -> tuple[int, str]:
+  """(step, path) of the newest committed checkpoint; AvatarError if there is none."""
+  root = checkpoint_root(workdir)
+  if not os.path.isdir(root):
+    raise AvatarError(f"{workdir}: no checkpoints directory (train a model first)")
+  step = latest_step(workdir)
+  if step is None:
+    raise AvatarError(f"{root}: no finished checkpoint")
+  return step, os.path.join(root, str(step))
+
+
+def load_params(workdir: str, which: str = "ema", sharding=None,
+                what: Optional[str] = None) -> tuple[int, Any]:
+  """Loads one parameter tree of the latest checkpoint of a workdir, for sampling.
+
+  Args:
+    workdir: the training workdir (checkpoints in WORKDIR/checkpoints).
+    which: "ema" or "params".
+    sharding: where to put the arrays (default: the first local device, replicated).
+    what: how the message of an error names the workdir (default: "workdir WORKDIR").
+
+  Returns:
+    (step, params tree of jax arrays).
+
+  Raises:
+    AvatarError: no checkpoint, no such tree, or an unreadable checkpoint.
+  """
+  what = what or f"workdir {workdir}"
+  try:
+    step, path = latest_checkpoint_dir(workdir)
+  except AvatarError as e:
+    raise AvatarError(f"{what}: {e}") from e
+  try:
+    checkpointer = ocp.PyTreeCheckpointer()
+    meta = checkpointer.metadata(os.path.join(path, "state")).item_metadata.tree
+    if which not in meta:
+      raise AvatarError(f"{what}: {path}: checkpoint has no {which!r} tree (has {sorted(meta)})")
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {which: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta[which])}
+    restored = checkpointer.restore(
+        os.path.join(path, "state"),
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
+                                      target),
+            partial_restore=True))
+  except AvatarError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise AvatarError(f"{what}: cannot read the checkpoint under {checkpoint_root(workdir)} "
+                      f"({msg[:300]})") from e
+  return step, restored[which]

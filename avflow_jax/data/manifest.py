@@ -1,0 +1,77 @@
+"""A shard directory's manifest.json: dims, splits, per-stream statistics, the face rig.
+
+Written by `python -m data_prep` (docs/data_format.md); read by training, sampling and
+evaluation. Statistics are applied here and nowhere else (`normalise`, `denormalise`).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from avflow_jax.core import face_rig
+from avflow_jax.core.errors import AvatarError
+
+MANIFEST = "manifest.json"
+
+# Streams normalised with the manifest statistics before they reach the model.
+NORMALISED = ("mel", "tokens", "face", "head", "participant")
+
+
+def load_manifest(data_dir: str) -> dict:
+  """Reads DATA_DIR/manifest.json with a clear error when it is missing or malformed."""
+  path = os.path.join(os.path.expanduser(data_dir), "manifest.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no manifest; prepare shards with `python -m data_prep`")
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  for key in ("dims", "splits", "stats"):
+    if key not in manifest:
+      raise ValueError(f"{path}: missing field {key!r}")
+  return manifest
+
+
+def shard_paths(data_dir: str, manifest: dict, split: str) -> list[str]:
+  if split not in manifest["splits"]:
+    raise ValueError(f"split {split!r} is not in the manifest of {data_dir} (has "
+                     f"{sorted(manifest['splits'])})")
+  shards = manifest["splits"][split]["shards"]
+  if not shards:
+    raise ValueError(f"split {split!r} of {data_dir} has no shards")
+  return [os.path.join(os.path.expanduser(data_dir), s) for s in shards]
+
+
+def stats_arrays(manifest: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{stream: (mean, std)} as float32 arrays."""
+  out = {}
+  for name, s in manifest["stats"].items():
+    out[name] = (np.asarray(s["mean"], np.float32),
+                 np.maximum(np.asarray(s["std"], np.float32), 1e-5))
+  return out
+
+
+def normalise(x: np.ndarray, stats, name: str) -> np.ndarray:
+  mean, std = stats[name]
+  return ((x - mean) / std).astype(np.float32)
+
+
+def denormalise(x, stats, name: str):
+  mean, std = stats[name]
+  return x * std + mean
+
+
+def load_face_rig(data_dir: str, manifest: dict):
+  """The demo face rig named by `manifest["face_decoder"]` (relative to data_dir), or None."""
+  rel = manifest.get("face_decoder")
+  if not rel:
+    return None
+  path = rel if os.path.isabs(rel) else os.path.join(data_dir, rel)
+  if not os.path.exists(path):
+    raise AvatarError(f"{path}: missing (manifest.json face_decoder of {data_dir})")
+  try:
+    return face_rig.FaceRig.load(path)
+  except ValueError as e:
+    raise AvatarError(str(e)) from e

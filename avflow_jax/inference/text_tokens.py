@@ -1,0 +1,101 @@
+"""A trained text-to-tokens run: text -> (T, 29) token logits on the mel grid, for the avatar."""
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avflow_jax.core import constants as C
+from avflow_jax.core import run_dir
+from avflow_jax.core.errors import AvatarError
+from avflow_jax.inference import buckets
+
+# Longest text -> tokens output of one call (190 s): the decoder's attention grows with its square.
+MAX_TEXT_FRAMES = 64 * 256
+
+
+@dataclasses.dataclass(frozen=True)
+class TextToTokensModel:
+  """A loaded text-to-tokens run."""
+  workdir: str
+  config: Any
+  model: Any
+  params: Any
+  step: int = 0  # Training step of the loaded checkpoint.
+
+
+def load_text_to_tokens(workdir: str, which: str = "ema") -> TextToTokensModel:
+  """Loads the latest checkpoint of a text-to-tokens training workdir.
+
+  Raises:
+    AvatarError: missing workdir/config/checkpoint, or not a text-to-tokens run.
+  """
+  from avflow_jax.models import text_to_tokens  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config = run_dir.read_run_config(workdir, "--t2t-workdir")
+  if config.get("task") != "text_to_tokens":
+    raise AvatarError(f"--t2t-workdir {workdir}: a {config.get('task')!r} run, not a "
+                      "'text_to_tokens' run")
+  try:
+    model = text_to_tokens.make_model(config)
+  except (ValueError, TypeError) as e:
+    raise AvatarError(f"{workdir}/config.json: {e}") from e
+  step, params = run_dir.load_params(workdir, which, what=f"--t2t-workdir {workdir}")
+  return TextToTokensModel(workdir, config, model, params, int(step))
+
+
+def text_to_tokens(text: str, t2t: TextToTokensModel, seed: int = 0) -> np.ndarray:
+  """Raw text -> (T, 29) raw token logits on the mel grid.
+
+  Args:
+    text: English text (non-empty).
+    t2t: a loaded text-to-tokens run.
+    seed: noise seed of its flow sampler.
+  """
+  return tokens_from_ids(text_ids(text, t2t), t2t, seed, what=f"--text ({text[:40]!r})")
+
+
+def text_ids(text: str, t2t: TextToTokensModel) -> np.ndarray:
+  """Text -> symbol ids as the run was trained (front end, blanks); AvatarError if unspeakable."""
+  from avflow_jax.text import frontend  # pylint: disable=g-import-not-at-top
+  if not text or not text.strip():
+    raise AvatarError("--text is empty")
+  add_blank = bool(t2t.config.data.get("add_blank", True))
+  try:
+    ids = frontend.text_to_ids(text, add_blank=add_blank)
+  except Exception as e:  # pylint: disable=broad-except  (eSpeak NG failures)
+    raise AvatarError(f"--text {text!r}: the text front end failed ({e})") from e
+  if ids.size <= int(add_blank):
+    raise AvatarError(f"--text {text!r}: no speakable symbols after phonemisation")
+  return ids
+
+
+def tokens_from_ids(ids: np.ndarray, t2t: TextToTokensModel, seed: int = 0,
+                    what: str = "--text") -> np.ndarray:
+  """Symbol ids -> (T, 29) token logits: durations first, then synthesis on their bucket.
+
+  Ids are padded to multiples of 64 and frames to `bucket_frames` of the predicted length, so
+  texts of similar length share one compiled program.
+  """
+  from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
+  n_sym = -(-ids.size // 64) * 64
+  ids_pad = np.zeros((1, n_sym), np.int32)
+  ids_pad[0, :ids.size] = ids
+  s = t2t.config.sample
+  length_scale = float(s.get("length_scale", 1.0))
+  ids_pad, ids_len = jnp.asarray(ids_pad), jnp.asarray([ids.size], jnp.int32)
+  # Durations first (encoder only), so the decoder runs on the bucket of the real length.
+  n = int(t2t_lib.predict_lengths(t2t.params, t2t.model, ids_pad, ids_len, length_scale)[0])
+  if n > MAX_TEXT_FRAMES:  # also catches a broken checkpoint's inf durations (int32 max).
+    raise AvatarError(f"{what} ({ids.size} symbols): the predicted speech is {n} frames "
+                      f"({n / C.FRAME_RATE:.0f} s), more than the {MAX_TEXT_FRAMES} frames "
+                      f"({MAX_TEXT_FRAMES / C.FRAME_RATE:.0f} s) one call synthesises; split "
+                      "the text into shorter pieces")
+  tokens, lengths = t2t_lib.synthesize(
+      t2t.params, t2t.model, ids_pad, ids_len, jax.random.PRNGKey(seed),
+      n_steps=int(s.get("num_steps", 10)), temperature=float(s.get("temperature", 0.667)),
+      length_scale=length_scale, max_frames=buckets.bucket_frames(n))
+  return np.asarray(tokens[0, :int(lengths[0])], np.float32)

@@ -1,0 +1,337 @@
+"""The training loop: one function for every task (AV model, head VAE, text to tokens).
+
+`train_and_evaluate(config, workdir)` checks the config against the data and the devices, builds
+the task, the mesh and the sharded state, restores the latest checkpoint (with the data
+iterator's position) if there is one, and trains: logging with rates and ETA, periodic
+validation, checkpoints, and a synchronised save-and-exit on preemption. The command is
+`python -m avflow_jax.train`.
+"""
+
+import os
+import signal
+import threading
+import time
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from avflow_jax.core import checkpointing
+from avflow_jax.core import metric_writer
+from avflow_jax.core import run_dir
+from avflow_jax.core import sharding
+from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.data import rows as rows_lib
+from avflow_jax.models import head_vae
+from avflow_jax.training import config_validation
+from avflow_jax.training import head_vae_recipe
+from avflow_jax.training import optim
+from avflow_jax.training import task as task_lib
+from avflow_jax.training import tasks
+
+
+class Preempted(Exception):
+  """Raised after the preemption checkpoint is written."""
+
+
+class _SigtermFlag:
+  """Records SIGTERM in single-process runs (multi-process runs use JAX's sync point)."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def install(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def uninstall(self):
+    """Restores the handler that was there before (train may be called as a library)."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: checkpointing at the end of this step.")
+    self.received = True
+
+
+def resolve_data_dir(config) -> str:
+  """The shard directory: config.data.dir, or the demo corpus built on first use."""
+  if config.data.dir:
+    return os.path.expanduser(config.data.dir)
+  from avflow_jax.data import demo_corpus  # Only the demo path needs data_prep.
+  return demo_corpus.ensure_demo_shards(config.data.demo_cache, config.data.demo_minutes,
+                                      config.data.demo_seed)
+
+
+def build_task(config, manifest: dict, data_dir: str, workdir: str) -> task_lib.Task:
+  """Builds the task; for "av" this loads (or first trains) the frozen head-pose VAE."""
+  if config.task == "head_vae":
+    return tasks.build_head_vae_task(config, manifest, data_dir)
+  if config.task == "text_to_tokens":
+    from avflow_jax.training import t2t_task  # Imported lazily: pulls in the text front end.
+    return t2t_task.build_t2t_task(config, manifest, data_dir)
+  vae_model, vae_params = load_or_train_head_vae(config, manifest, data_dir, workdir)
+  return tasks.build_av_task(config, manifest, data_dir, vae_model, vae_params)
+
+
+def load_or_train_head_vae(config, manifest, data_dir, workdir):
+  """Returns (module, params) of the head VAE, training it first if no workdir is given."""
+  vae_dir = config.head_vae.workdir
+  vae_cfg = head_vae_recipe.for_av_run(config)
+  if not vae_dir:
+    vae_dir = os.path.join(workdir, run_dir.HEAD_VAE_DIR)
+    if run_dir.latest_step(vae_dir) != vae_cfg.num_steps:
+      logging.info("No head-VAE workdir given: training one into %s (%d steps).", vae_dir,
+                   vae_cfg.num_steps)
+      train_and_evaluate(vae_cfg, vae_dir)
+  if run_dir.has_run_config(vae_dir):
+    vae_cfg = run_dir.read_run_config(vae_dir, "config.head_vae.workdir")  # As it was trained.
+  model = head_vae.from_config(vae_cfg, manifest["dims"]["head"])
+  _, params = run_dir.load_params(vae_dir, which="params",
+                                  what=f"config.head_vae.workdir={vae_dir}")
+  got = params["enc_in"]["kernel"].shape[0]
+  if got != manifest["dims"]["head"]:
+    raise ValueError(f"config.head_vae.workdir={vae_dir}: the VAE takes {got}-d head poses but "
+                     f"the data has {manifest['dims']['head']}-d")
+  # Host numpy: the small frozen VAE is a constant of the jitted step, identical on every host
+  # (moving a device array onto a global sharding would be a cross-host transfer).
+  return model, jax.device_get(params)
+
+
+def make_train_state(task: task_lib.Task, tx: optax.GradientTransformation, mesh, rng,
+                     rules):
+  """The train state's init function, its shardings on `mesh` and its abstract shapes.
+
+  Params carry logical axis names; `rules` (config.mesh.rules) turn them into NamedShardings, so
+  with fsdp > 1 the large kernels are split across devices and the Adam moments follow them.
+
+  Returns:
+    (jitted rng -> state placed on the mesh, state shardings, abstract state).
+  """
+  def init_state(rng):
+    params = task.init(rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "ema": params}
+
+  boxed = jax.eval_shape(init_state, rng)
+  state_sharding = sharding.logical_shardings(boxed, mesh, rules)
+  init_fn = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_sharding)
+  return init_fn, state_sharding, nn.unbox(boxed)
+
+
+def make_train_step(task: task_lib.Task, tx: optax.GradientTransformation, schedule, config):
+  """The update: loss and grads, AdamW, EMA; skips the update if anything is non-finite."""
+  base_rng = jax.random.PRNGKey(config.seed)
+
+  def train_step(state, batch):
+    step = state["step"]
+    rng = jax.random.fold_in(base_rng, step)
+    (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+        state["params"], batch, rng, True)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = optim.ema_update(state["ema"], params, step, config.optim.ema_decay)
+    new = {"step": step + 1, "params": params, "opt_state": opt_state, "ema": ema}
+    # A NaN/Inf anywhere keeps the old state, so nothing non-finite is ever checkpointed.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(step),
+                   finite=finite)
+    # Which input streams carried NaN/Inf, so the error can name the data, not just the loss.
+    for k, v in batch.items():
+      if jnp.issubdtype(v.dtype, jnp.floating):
+        metrics["input_finite_" + k] = jnp.isfinite(v).all()
+    return new, metrics
+
+  return train_step
+
+
+def make_eval_step(task: task_lib.Task, config):
+  base_rng = jax.random.PRNGKey(config.seed + 1)
+
+  def eval_step(params, batch, index):
+    loss, metrics = task.loss_fn(params, batch, jax.random.fold_in(base_rng, index), False)
+    return dict(metrics, loss=loss)
+
+  return eval_step
+
+
+def _check_finite(metrics: dict, step: int):
+  """Stops the run naming the step and what went non-finite (checked one step behind)."""
+  if bool(metrics["finite"]):
+    return
+  bad = [k for k, v in metrics.items() if k.startswith("loss_") and not np.isfinite(v)]
+  what = ", ".join(k[len("loss_"):] for k in bad) if bad else "gradients"
+  inputs = [k[len("input_finite_"):] for k, v in metrics.items()
+            if k.startswith("input_finite_") and not bool(v)]
+  if inputs:
+    what += f"; non-finite input data: {', '.join(inputs)}"
+  raise FloatingPointError(
+      f"non-finite loss or gradient at step {step} (modality: {what}); the update was "
+      "skipped and the last good checkpoint is kept. Lower config.optim.lr or set "
+      "config.optim.grad_clip.")
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) training; returns the last logged metrics."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if config.compilation_cache_dir:
+    # Restarts (and the second process of a run) reuse compiled programs instead of recompiling.
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(config.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  logging.info("Process %d/%d: %d local devices, %d global (%s); workdir %s",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].platform, workdir)
+
+  # ---- Data and config checks (before anything compiles) ---------------------------------
+  data_dir = resolve_data_dir(config)
+  manifest = manifest_lib.load_manifest(data_dir)
+  config_validation.validate(config, manifest, jax.device_count(), jax.process_count())
+
+  run_dir.save_run_config(config, workdir, data_dir)
+
+  # ---- Mesh -------------------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info("Mesh: %s", dict(mesh.shape))
+
+  # ---- Task, optimiser and the sharded train state ------------------------------------------
+  task = build_task(config, manifest, data_dir, workdir)
+  tx, schedule = optim.make_optimizer(config)
+
+  init_rng = jax.random.PRNGKey(config.seed)
+  init_fn, state_sharding, abstract_state = make_train_state(task, tx, mesh, init_rng,
+                                                             config.mesh.rules)
+  num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
+  logging.info("Task %s: %s parameters.", task.name, f"{num_params:,}")
+
+  # ---- Input pipeline ---------------------------------------------------------------------
+  rows = rows_lib.process_rows(config.batch_size, sharding.batch_sharding(mesh))
+  train_ds = task.make_dataset(config.data.train_split, config.seed, rows)
+  train_iter = iter(train_ds)
+
+  # ---- Restore or initialise --------------------------------------------------------------
+  manager = checkpointing.make_manager(
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing, save_interval=config.ckpt_every)
+  start_step, state = checkpointing.restore(
+      manager, checkpointing.abstract_with_shardings(abstract_state, state_sharding),
+      train_iter)
+  if state is None:
+    start_step = 0
+    state = init_fn(init_rng)
+  else:
+    logging.info("Resumed from step %d.", start_step)
+
+  # ---- Compiled steps ---------------------------------------------------------------------
+  batch_sh = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+  train_step = jax.jit(make_train_step(task, tx, schedule, config),
+                       in_shardings=(state_sharding, batch_sh),
+                       out_shardings=(state_sharding, repl), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(task, config),
+                      in_shardings=(state_sharding["params"], batch_sh, repl),
+                      out_shardings=repl)
+
+  writer = metric_writer.MetricWriter(os.path.join(workdir, "tensorboard"),
+                                      enabled=jax.process_index() == 0,
+                                      jsonl_path=os.path.join(workdir, "metrics.jsonl"))
+  sigterm = _SigtermFlag()
+  if jax.process_count() == 1:
+    sigterm.install()
+
+  # ---- Train loop -------------------------------------------------------------------------
+  frames_per_step = config.batch_size * task.frames_per_example
+  last_metrics: dict[str, float] = {}
+  pending = None  # (step, metrics) of the previous step, checked once the next is dispatched.
+  t_log, step_log = time.time(), start_step
+  step = start_step
+  with metric_writer.progress(start_step, config.num_steps) as bar, _restoring(sigterm):
+    while step < config.num_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, metrics = train_step(state, batch)
+      if pending is not None:
+        _check_finite(jax.device_get(pending[1]), pending[0])
+      pending = (step, metrics)
+      step += 1
+      bar.update(1)
+
+      if step % config.log_every == 0 or step == config.num_steps:
+        host = jax.device_get(metrics)
+        _check_finite(host, step - 1)
+        dt = time.time() - t_log
+        rate = (step - step_log) / max(dt, 1e-9)
+        host = {k: float(v) for k, v in host.items()
+                if k != "finite" and not k.startswith("input_finite_")}
+        host.update(steps_per_s=rate, frames_per_s=rate * frames_per_step)
+        eta = (config.num_steps - step) / max(rate, 1e-9)
+        writer.scalars(step, host)
+        logging.info("step %d/%d loss %.4f %s | %.2f steps/s, %.0f frames/s, ETA %s", step,
+                     config.num_steps, host["loss"],
+                     " ".join(f"{k[5:]}={v:.4f}" for k, v in host.items()
+                              if k.startswith("loss_")), rate, host["frames_per_s"],
+                     metric_writer.format_eta(eta))
+        last_metrics = host
+        t_log, step_log = time.time(), step
+
+      if config.eval_every and step % config.eval_every == 0:
+        val = evaluate_loss(eval_step, state["params"], task, config, mesh, manifest)
+        if val:
+          writer.scalars(step, {"val_" + k: v for k, v in val.items()})
+          logging.info("step %d validation: %s", step,
+                       " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+
+      preempted = sigterm.received
+      if jax.process_count() > 1:
+        preempted = manager.reached_preemption(step)
+      if step % config.ckpt_every == 0 or step == config.num_steps or preempted:
+        _check_finite(jax.device_get(metrics), step - 1)
+        pending = None
+        checkpointing.save(manager, step, state, train_iter, force=True)
+      if preempted:
+        manager.wait_until_finished()
+        writer.close()
+        logging.warning("Preempted at step %d: checkpoint saved; exiting.", step)
+        raise Preempted(step)
+
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  return last_metrics
+
+
+class _restoring:
+  """Context manager that uninstalls the SIGTERM flag on the way out."""
+
+  def __init__(self, flag):
+    self.flag = flag
+
+  def __enter__(self):
+    return self.flag
+
+  def __exit__(self, *exc):
+    self.flag.uninstall()
+    return False
+
+
+def evaluate_loss(eval_step, params, task, config, mesh, manifest) -> dict[str, float]:
+  """Mean loss over config.eval_batches fixed validation batches (same batches every time)."""
+  split = config.data.eval_split
+  if split not in manifest["splits"] or not manifest["splits"][split]["clips"]:
+    return {}
+  rows = rows_lib.process_rows(config.batch_size, sharding.batch_sharding(mesh))
+  it = iter(task.make_dataset(split, config.seed + 1, rows))
+  totals: dict[str, float] = {}
+  for i in range(config.eval_batches):
+    m = jax.device_get(eval_step(params, sharding.global_batch(next(it), mesh), i))
+    for k, v in m.items():
+      totals[k] = totals.get(k, 0.0) + float(v) / config.eval_batches
+  return totals
