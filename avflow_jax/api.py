@@ -12,22 +12,22 @@ This module only gathers the public names; they live in `avflow_jax.inference`
 """
 
 from avflow_jax.core.errors import AvatarError
-from avflow_jax.inference.avatar import _noise_is_prefix_stable
+from avflow_jax.inference.avatar import MEL_VOCODER_RANGE
+from avflow_jax.inference.avatar import VIDEO_FPS
 from avflow_jax.inference.avatar import Avatar
+from avflow_jax.inference.avatar import _noise_is_prefix_stable
 from avflow_jax.inference.avatar import compiled_programs
 from avflow_jax.inference.avatar import frames_at_fps
 from avflow_jax.inference.avatar import load_asr
-from avflow_jax.inference.avatar import MEL_VOCODER_RANGE
 from avflow_jax.inference.avatar import resample_to_fps
 from avflow_jax.inference.avatar import tokens_from_audio
-from avflow_jax.inference.avatar import VIDEO_FPS
-from avflow_jax.inference.buckets import bucket_frames
 from avflow_jax.inference.buckets import DEFAULT_BUCKET
-from avflow_jax.inference.text_tokens import load_text_to_tokens
+from avflow_jax.inference.buckets import bucket_frames
 from avflow_jax.inference.text_tokens import MAX_TEXT_FRAMES
+from avflow_jax.inference.text_tokens import TextToTokensModel
+from avflow_jax.inference.text_tokens import load_text_to_tokens
 from avflow_jax.inference.text_tokens import text_ids
 from avflow_jax.inference.text_tokens import text_to_tokens
-from avflow_jax.inference.text_tokens import TextToTokensModel
 from avflow_jax.inference.text_tokens import tokens_from_ids
 
 __all__ = [

@@ -30,7 +30,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from avflow_jax import cli
+from avflow_jax.core import cli
+from avflow_jax.core import constants as C
 from avflow_jax.core.errors import InputError
 from avflow_jax.data import clips
 from avflow_jax.inference import outputs
@@ -99,7 +100,6 @@ def _check_frames(path: str, what: str, x: np.ndarray, width: int, meaning: str)
 
 
 def load_tokens_file(path: str) -> np.ndarray:
-  from avflow_jax.core import constants as C  # pylint: disable=g-import-not-at-top
   return _check_frames(path, "--tokens", _load_npy(path, "--tokens"), C.TOKEN_DIM,
                        "raw ASR logits on the 86.13 fps mel grid")
 
@@ -107,7 +107,6 @@ def load_tokens_file(path: str) -> np.ndarray:
 def load_audio_file(path: str) -> tuple[np.ndarray, int]:
   """Mono float audio and its rate; InputError for corrupt, silent or too short audio."""
   from avflow_jax.core import audio as audio_lib  # pylint: disable=g-import-not-at-top
-  from avflow_jax.core import constants as C  # pylint: disable=g-import-not-at-top
   try:
     audio, sr = audio_lib.read_wav(path, channels=(1, 2))
   except ValueError as e:  # data_prep's BadInput names the file and the reason.
@@ -236,7 +235,7 @@ def run(args, log=print) -> dict[str, Any]:
                                   temperature=args.temperature)
     timings["sample"] = time.perf_counter() - t0
     timings["compiled"] = avatar_lib.compiled_programs() - before
-    seconds = tokens.shape[0] / avatar.C.FRAME_RATE
+    seconds = tokens.shape[0] / C.FRAME_RATE
     log(f"sampled {k} x {tokens.shape[0]} frames ({seconds:.2f} s) in {timings['sample']:.1f} s"
         + (" (including compilation)" if timings["compiled"] else ""))
 

@@ -88,7 +88,7 @@ def bench_shard_write(seconds, repeats, tmp):
 
 def bench_prepare(tmp):
   from data_prep import prepare  # pylint: disable=g-import-not-at-top
-  from tests import test_data_prep_fixtures as fx  # pylint: disable=g-import-not-at-top
+  from data_prep import synthetic as fx  # pylint: disable=g-import-not-at-top
   inp = os.path.join(tmp, "a2p")
   scenes, frames = 6, 300  # 6 scenes of 10 s
   fx.make_a2p(inp, scenes=scenes, video_frames=frames)

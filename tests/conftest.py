@@ -32,8 +32,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
   """A small prepared dataset (train + val) in the shard format, made without data_prep."""
-  from tests import fixtures
-  return fixtures.write_synthetic_shards(str(tmp_path_factory.mktemp("shards")))
+  from data_prep import synthetic  # pylint: disable=g-import-not-at-top  (after the XLA flags)
+  return synthetic.write_synthetic_shards(str(tmp_path_factory.mktemp("shards")))
 
 
 @pytest.fixture(scope="session")

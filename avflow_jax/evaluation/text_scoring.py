@@ -44,7 +44,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from avflow_jax import cli
+from avflow_jax.core import cli
 from avflow_jax.core import constants as C
 from avflow_jax.core import errors
 from avflow_jax.core import face_rig as face_rig_lib

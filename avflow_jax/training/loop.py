@@ -179,6 +179,39 @@ def _check_finite(metrics: dict, step: int):
       "config.optim.grad_clip.")
 
 
+def jit_steps(task: task_lib.Task, tx, schedule, config, mesh, state_sharding):
+  """The compiled (train step, eval step) with in/out shardings on `mesh`.
+
+  The train step donates the state (the update happens in place) and returns replicated
+  metrics; benchmarks time exactly this program.
+  """
+  batch_sh = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+  train_step = jax.jit(make_train_step(task, tx, schedule, config),
+                       in_shardings=(state_sharding, batch_sh),
+                       out_shardings=(state_sharding, repl), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(task, config),
+                      in_shardings=(state_sharding["params"], batch_sh, repl),
+                      out_shardings=repl)
+  return train_step, eval_step
+
+
+def _log_metrics(writer, step: int, num_steps: int, metrics: dict, rate: float,
+                 frames_per_step: int) -> dict[str, float]:
+  """Checks, writes and prints one step's metrics with rates and ETA; returns them as floats."""
+  _check_finite(metrics, step - 1)
+  host = {k: float(v) for k, v in metrics.items()
+          if k != "finite" and not k.startswith("input_finite_")}
+  host.update(steps_per_s=rate, frames_per_s=rate * frames_per_step)
+  writer.scalars(step, host)
+  logging.info("step %d/%d loss %.4f %s | %.2f steps/s, %.0f frames/s, ETA %s", step,
+               num_steps, host["loss"],
+               " ".join(f"{k[5:]}={v:.4f}" for k, v in host.items() if k.startswith("loss_")),
+               rate, host["frames_per_s"],
+               metric_writer.format_eta((num_steps - step) / max(rate, 1e-9)))
+  return host
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Runs (or resumes) training; returns the last logged metrics."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -231,14 +264,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     logging.info("Resumed from step %d.", start_step)
 
   # ---- Compiled steps ---------------------------------------------------------------------
-  batch_sh = sharding.batch_sharding(mesh)
-  repl = sharding.replicated(mesh)
-  train_step = jax.jit(make_train_step(task, tx, schedule, config),
-                       in_shardings=(state_sharding, batch_sh),
-                       out_shardings=(state_sharding, repl), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(task, config),
-                      in_shardings=(state_sharding["params"], batch_sh, repl),
-                      out_shardings=repl)
+  train_step, eval_step = jit_steps(task, tx, schedule, config, mesh, state_sharding)
 
   writer = metric_writer.MetricWriter(os.path.join(workdir, "tensorboard"),
                                       enabled=jax.process_index() == 0,
@@ -265,21 +291,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       bar.update(1)
 
       if step % config.log_every == 0 or step == config.num_steps:
-        host = jax.device_get(metrics)
-        _check_finite(host, step - 1)
-        dt = time.time() - t_log
-        rate = (step - step_log) / max(dt, 1e-9)
-        host = {k: float(v) for k, v in host.items()
-                if k != "finite" and not k.startswith("input_finite_")}
-        host.update(steps_per_s=rate, frames_per_s=rate * frames_per_step)
-        eta = (config.num_steps - step) / max(rate, 1e-9)
-        writer.scalars(step, host)
-        logging.info("step %d/%d loss %.4f %s | %.2f steps/s, %.0f frames/s, ETA %s", step,
-                     config.num_steps, host["loss"],
-                     " ".join(f"{k[5:]}={v:.4f}" for k, v in host.items()
-                              if k.startswith("loss_")), rate, host["frames_per_s"],
-                     metric_writer.format_eta(eta))
-        last_metrics = host
+        rate = (step - step_log) / max(time.time() - t_log, 1e-9)
+        last_metrics = _log_metrics(writer, step, config.num_steps, jax.device_get(metrics),
+                                    rate, frames_per_step)
         t_log, step_log = time.time(), step
 
       if config.eval_every and step % config.eval_every == 0:

@@ -15,14 +15,14 @@ from avflow_jax.data import clips
 from avflow_jax.evaluation import metrics
 from avflow_jax.evaluation import scoring
 from avflow_jax.training import random_init
-from tests import fixtures
+from data_prep import synthetic
 
 N_VAL = 3
 
 
 def _shards_with_rig(data: str, out: str) -> str:
   """A shard directory whose manifest names a demo face rig (FaceRig.create(0))."""
-  return fixtures.shards_with_face_rig(data, out, seed=0)
+  return synthetic.shards_with_face_rig(data, out, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def run(tmp_path_factory):
   """
   from configs import tiny  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("evaluate")
-  data = fixtures.write_synthetic_shards(str(root / "shards"), n_train=8, n_val=N_VAL)
+  data = synthetic.write_synthetic_shards(str(root / "shards"), n_train=8, n_val=N_VAL)
   rig_data = _shards_with_rig(data, str(root / "shards_rig"))
   workdir = random_init.init_workdir(tiny.get_config(), str(root / "run"), data)
   return {"workdir": workdir, "data": data, "rig_data": rig_data, "root": root}
@@ -121,7 +121,7 @@ def test_oracle_with_face_rig_gives_known_answers(run, tmp_path):
 def test_dyadic_run_is_conditioned_on_each_clips_participant(tmp_path, monkeypatch):
   from avflow_jax import api  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  data = fixtures.write_synthetic_shards(str(tmp_path / "shards"), n_train=4, n_val=2,
+  data = synthetic.write_synthetic_shards(str(tmp_path / "shards"), n_train=4, n_val=2,
                                          participant=True)
   config = tiny.get_config()
   config.data.participant = True
@@ -219,7 +219,7 @@ def test_trained_run(tmp_path):
   """The real thing: configs/tiny.py trained for 6 steps by loop.py, evaluated with the rig."""
   from avflow_jax.training import loop  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  data = fixtures.write_synthetic_shards(str(tmp_path / "shards"), n_train=8, n_val=N_VAL)
+  data = synthetic.write_synthetic_shards(str(tmp_path / "shards"), n_train=8, n_val=N_VAL)
   rig_data = _shards_with_rig(data, str(tmp_path / "shards_rig"))
   config = tiny.get_config()
   config.data.dir = rig_data

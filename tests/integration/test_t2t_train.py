@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from avflow_jax.core import run_dir
 from avflow_jax.data import manifest as manifest_lib
 from avflow_jax.training import loop
 from configs import text_to_tokens
@@ -28,10 +29,10 @@ def test_text_to_tokens_trains_and_resumes_through_train_py(demo_shards, tmp_pat
   workdir = str(tmp_path / "t2t")
   first = loop.train_and_evaluate(config, workdir)
   assert np.isfinite(first["loss"]) and "loss_dur_loss" in first
-  assert loop.checkpointing.latest_checkpoint_dir(workdir)[0] == 6
+  assert run_dir.latest_checkpoint_dir(workdir)[0] == 6
   config.num_steps = 9  # A restart continues from step 6.
   again = loop.train_and_evaluate(config, workdir)
-  assert loop.checkpointing.latest_checkpoint_dir(workdir)[0] == 9
+  assert run_dir.latest_checkpoint_dir(workdir)[0] == 9
   assert np.isfinite(again["loss"])
 
 

@@ -17,7 +17,7 @@ from avflow_jax.core import constants as C
 from avflow_jax.core import run_dir
 from avflow_jax.data import clips
 from avflow_jax.inference import render
-from tests import test_api
+from tests.integration import test_api
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork")  # ffmpeg and CLI subprocesses.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ from data_prep import headpose
 from data_prep import mel as mel_lib
 from data_prep import shards as shards_lib
 from data_prep import stats as stats_lib
-from tests import test_data_prep_fixtures as fx
+from data_prep import synthetic as fx
 
 
 def _speechy(n, seed=0):

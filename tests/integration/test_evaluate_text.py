@@ -120,7 +120,7 @@ def test_training_split_summary_respects_the_holdout(demo_shards):
 def runs(demo_shards, tmp_path_factory):
   """A dyadic tiny avatar and a tiny text-to-tokens run (random weights) on the demo shards."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from tests import test_sample  # pylint: disable=g-import-not-at-top
+  from tests.integration import test_sample  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("evaluate_text")
   config = tiny.get_config()
   config.data.participant = True
@@ -168,8 +168,9 @@ def test_cli_bad_input_is_one_line(runs, capsys, tmp_path):
 
 def test_text_longer_than_one_call_is_refused(runs, monkeypatch):
   from avflow_jax import api  # pylint: disable=g-import-not-at-top
+  from avflow_jax.inference import text_tokens  # pylint: disable=g-import-not-at-top
   t2t = api.load_text_to_tokens(runs["t2t"])
-  monkeypatch.setattr(api, "MAX_TEXT_FRAMES", 4)
+  monkeypatch.setattr(text_tokens, "MAX_TEXT_FRAMES", 4)
   with pytest.raises(api.AvatarError, match="split the text into shorter pieces"):
     api.text_to_tokens("Peter baked a bumpy pie for my mother.", t2t)
 

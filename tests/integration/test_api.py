@@ -17,7 +17,7 @@ from avflow_jax.data import clips
 from avflow_jax.inference import loading
 from avflow_jax.inference import sampling
 from avflow_jax.training import random_init
-from tests import fixtures
+from data_prep import synthetic
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,7 +52,7 @@ def trained_workdir(shards_dir: str, root: str) -> str:
 
 def rig_data_dir(shards_dir: str, root: str) -> str:
   """A copy of the shard dir's manifest (shards linked) whose face_decoder is a demo rig."""
-  return fixtures.shards_with_face_rig(shards_dir, root, seed=3, name="rig.npz")
+  return synthetic.shards_with_face_rig(shards_dir, root, seed=3, name="rig.npz")
 
 
 @pytest.fixture(scope="module")

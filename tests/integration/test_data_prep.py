@@ -15,7 +15,8 @@ from avflow_jax.core import records
 from data_prep import inspect as inspect_lib
 from data_prep import mel as mel_lib
 from data_prep import prepare
-from tests import test_data_prep_fixtures as fx
+from data_prep import synthetic as fx
+from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -199,7 +200,7 @@ def test_generic_layout_with_splits(tmp_path, capsys):
 
 def test_ljspeech_with_asr_port(tmp_path, monkeypatch):
   calls = []
-  fx.install_fake_asr(monkeypatch, calls)
+  fixtures.install_fake_asr(monkeypatch, calls)
   ids = fx.make_ljspeech(str(tmp_path / "in"))
   out = str(tmp_path / "out")
   weights = tmp_path / "model.safetensors"
@@ -230,7 +231,7 @@ def test_missing_tokens_is_a_clear_error(tmp_path, capsys, monkeypatch):
   err = capsys.readouterr().err
   assert "no ASR token file" in err and "--asr-weights" in err
   calls = []
-  fx.install_fake_asr(monkeypatch, calls)
+  fixtures.install_fake_asr(monkeypatch, calls)
   weights = tmp_path / "w.safetensors"
   weights.write_bytes(b"x")
   assert run("audio2photoreal", tmp_path / "in", tmp_path / "out", "--asr-weights",
