@@ -20,6 +20,8 @@ from absl import app
 from absl import logging
 import numpy as np
 
+from avflow_jax.core import files
+
 # Storage class name -> numpy dtype of its little-endian bytes (bfloat16 is read as uint16).
 _STORAGE_DTYPES = {
     "FloatStorage": np.dtype("<f4"),
@@ -155,16 +157,15 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 def save_arrays(arrays: dict[str, np.ndarray], out_path: str) -> None:
   """Writes `arrays` to `.safetensors` or `.npz` (written to a temp name, then renamed)."""
   arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-  tmp = out_path + ".partial"
-  if out_path.endswith(".safetensors"):
-    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-    save_file(arrays, tmp)
-  elif out_path.endswith(".npz"):
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-  else:
+  if not out_path.endswith((".safetensors", ".npz")):
     raise ValueError(f"{out_path}: output must end with .safetensors or .npz")
-  os.replace(tmp, out_path)
+  with files.atomic_path(out_path) as tmp:
+    if out_path.endswith(".safetensors"):
+      from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+      save_file(arrays, tmp)
+    else:
+      with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def convert(pt_path: str, out_path: str) -> dict[str, np.ndarray]:

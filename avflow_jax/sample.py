@@ -180,7 +180,6 @@ def run(args, log=print) -> dict[str, Any]:
   audio = load_audio_file(args.audio) if args.audio else None
   participant = None
   if args.participant:
-    from avflow_jax.core import constants as C  # pylint: disable=g-import-not-at-top
     participant = _check_frames(args.participant, "--participant",
                                 _load_npy(args.participant, "--participant"),
                                 C.PARTICIPANT_DIM, "participant tokens + SMIRK features")

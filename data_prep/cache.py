@@ -6,7 +6,6 @@ commit marker, so an interrupted run never leaves a half entry that looks comple
 key holds a fingerprint of the clip's inputs and options, so changed input is redone.
 """
 
-import glob
 import hashlib
 import json
 import os
@@ -15,25 +14,8 @@ from typing import Any
 
 from flax import serialization
 
+from avflow_jax.core import files
 import data_prep
-
-
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via a temporary file and an atomic rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def remove_temporaries(directory: str) -> int:
-  """Deletes leftovers of interrupted writes (`*.tmp-<pid>`); returns how many."""
-  stale = glob.glob(os.path.join(directory, "*.tmp-*"))
-  for path in stale:
-    os.remove(path)
-  return len(stale)
 
 
 def _file_stamp(path: str) -> list:
@@ -74,8 +56,9 @@ class ClipCache:
     return os.path.exists(self._path(key, "meta")) and os.path.exists(self._path(key, "rec"))
 
   def put(self, key: str, record: bytes, meta: dict) -> None:
-    atomic_write(self._path(key, "rec"), record)
-    atomic_write(self._path(key, "meta"), serialization.msgpack_serialize(meta))
+    files.write_atomic(self._path(key, "rec"), record, fsync=True)
+    files.write_atomic(self._path(key, "meta"), serialization.msgpack_serialize(meta),
+                       fsync=True)
 
   def meta(self, key: str) -> dict:
     with open(self._path(key, "meta"), "rb") as f:

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from avflow_jax.core import constants as C
+from avflow_jax.core import files
 from avflow_jax.core import records
 from avflow_jax.core.errors import BadInput
 from avflow_jax.core.errors import FatalError
@@ -193,8 +194,8 @@ def prepare(args: argparse.Namespace) -> dict:
 
   os.makedirs(args.output, exist_ok=True)
   cache = cache_lib.ClipCache(os.path.join(args.output, ".cache"))
-  cache_lib.remove_temporaries(cache.directory)
-  cache_lib.remove_temporaries(args.output)
+  files.remove_partials(cache.directory)
+  files.remove_partials(args.output)
 
   keys = {}
   for spec in dataset.clips:
@@ -258,7 +259,7 @@ def prepare(args: argparse.Namespace) -> dict:
   face_decoder = None
   if dataset.face_rig:
     data = open(dataset.face_rig, "rb").read()
-    cache_lib.atomic_write(os.path.join(args.output, FACE_RIG_NAME), data)
+    files.write_atomic(os.path.join(args.output, FACE_RIG_NAME), data, fsync=True)
     face_decoder = FACE_RIG_NAME
 
   kinds = collections.Counter(s["kind"] for s in skipped)
@@ -292,8 +293,8 @@ def prepare(args: argparse.Namespace) -> dict:
       "prep": {"version": data_prep.PREP_VERSION, "audio_int16_scale": 32768.0,
                "shard_keys": shard_keys},
   }
-  cache_lib.atomic_write(os.path.join(args.output, MANIFEST),
-                         json.dumps(manifest, indent=1).encode())
+  files.write_atomic(os.path.join(args.output, MANIFEST), json.dumps(manifest, indent=1),
+                     fsync=True)
   for path in shards_lib.stale_shards(args.output, shard_keys):
     os.remove(path)
   if args.drop_cache:

@@ -6,6 +6,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from avflow_jax.core import files
+
 SHARD_OPTIONS = "group_size:1"
 SHARD_PATTERN = re.compile(r"^(train|val)-\d{5}-of-\d{5}\.array_record$")
 TARGET_SHARD_BYTES = 256 << 20
@@ -36,20 +38,16 @@ def write_shard(path: str, records: Iterable[bytes],
                 on_record: Callable[[], None] = lambda: None) -> int:
   """Writes records to `path` atomically (temporary name, then rename); returns the count."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  tmp = f"{path}.tmp-{os.getpid()}"
-  writer = array_record_module.ArrayRecordWriter(tmp, SHARD_OPTIONS)
   n = 0
-  try:
-    for data in records:
-      writer.write(data)
-      n += 1
-      on_record()
-  except BaseException:
-    writer.close()
-    os.remove(tmp)
-    raise
-  writer.close()
-  os.replace(tmp, path)
+  with files.atomic_path(path) as tmp:
+    writer = array_record_module.ArrayRecordWriter(tmp, SHARD_OPTIONS)
+    try:
+      for data in records:
+        writer.write(data)
+        n += 1
+        on_record()
+    finally:
+      writer.close()
   return n
 
 

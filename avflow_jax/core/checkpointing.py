@@ -24,6 +24,9 @@ def make_manager(directory: str, *, keep: int, async_save: bool = True,
     save_interval: if given, `should_save` is true every this many steps; saves requested
       explicitly with `force=True` (preemption, end of training) are always taken.
   """
+  if not isinstance(keep, int) or keep < 1:
+    # Orbax's LatestN(0) would delete every checkpoint, a resumed run's included.
+    raise ValueError(f"config.keep_checkpoints={keep}: must be an integer >= 1")
   directory = os.path.abspath(os.path.expanduser(directory))
   policies = [ocp.checkpoint_managers.PreemptionCheckpointingPolicy()]
   if save_interval:

@@ -1,10 +1,10 @@
 """Diagnostic plot of one sample: mel image, face-channel curves, head-pose curves (vs. GT)."""
 
-import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from avflow_jax.core import files
 
 _HEAD7 = ("qw", "qx", "qy", "qz", "tx", "ty", "tz")
 _MAX_FACE_CURVES = 8  # 256-d codes would be unreadable; the first few dims are enough to eyeball
@@ -84,18 +84,8 @@ def plot_sample(out_png: str, *, mel, frame_rate: float, face=None,
   axes[-1, 0].set_xlabel("time (s)")
   if title:
     fig.suptitle(title)
-  out_dir = os.path.dirname(os.path.abspath(out_png))
-  os.makedirs(out_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out_png)}.", suffix=".partial.png",
-                             dir=out_dir)
-  os.close(fd)
   try:
-    fig.savefig(tmp, dpi=100, format="png")
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, out_png)
+    with files.atomic_path(out_png) as tmp:
+      fig.savefig(tmp, dpi=100, format="png")
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)

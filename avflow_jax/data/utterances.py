@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from avflow_jax.core import constants
+from avflow_jax.core import files
 from avflow_jax.core import records
 from avflow_jax.data import clips
 from avflow_jax.data import manifest as manifest_lib
@@ -131,11 +132,7 @@ def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
   if empty:
     logging.warning("t2t data: %d %s utterances have no phonemes and are skipped", empty, split)
   if cache:
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    tmp = cache + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(index, f)
-    os.replace(tmp, cache)  # atomic: concurrent processes never read a partial file.
+    files.write_atomic(cache, json.dumps(index))  # Concurrent readers never see a partial file.
   return index
 
 

@@ -252,10 +252,11 @@ def _plot_lips(path: str, rows: list[dict]) -> None:
   axes[0, 0].legend(fontsize=8, loc="upper right")
   axes[-1, 0].set_xlabel("seconds into the clip (ground-truth time)")
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
+  try:
+    with files.atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=90, format="png")
+  finally:
+    plt.close(fig)
 
 
 def evaluate_text(args, log=print) -> dict[str, Any]:

@@ -23,7 +23,10 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-RIG_CHANNELS = ("jaw_open", "lip_closure", "lip_round", "smile", "brow_raise", "blink")
+from avflow_jax.core import face_rig
+from avflow_jax.core import files
+
+RIG_CHANNELS = face_rig.CHANNELS
 
 _BG = (236, 238, 242)
 _SKIN = (246, 210, 180)
@@ -372,12 +375,6 @@ def _frame(panels, i: int) -> np.ndarray:
   return np.concatenate([np.asarray(p.draw(i)) for p in panels], axis=1)
 
 
-def _umask() -> int:
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
 def render_preview(out_mp4: str, *, head_pose, audio=None, sample_rate: int = 22050,
                    fps: float = 30.0, face_channels=None, face_codes=None,
                    compare: Mapping[str, Any] | None = None, size: int = 256) -> dict:
@@ -404,12 +401,7 @@ def render_preview(out_mp4: str, *, head_pose, audio=None, sample_rate: int = 22
   main = {"head_pose": head_pose, "face_channels": face_channels, "face_codes": face_codes}
   panels, t = _make_panels(main, compare, size)
   width = size * len(panels)
-  out_dir = os.path.dirname(os.path.abspath(out_mp4))
-  os.makedirs(out_dir, exist_ok=True)
-  fd, tmp_mp4 = tempfile.mkstemp(prefix=f".{os.path.basename(out_mp4)}.", suffix=".partial.mp4",
-                                 dir=out_dir)
-  os.close(fd)
-  with tempfile.TemporaryDirectory() as tmp_dir:
+  with files.atomic_path(out_mp4) as tmp_mp4, tempfile.TemporaryDirectory() as tmp_dir:
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo",
            "-pix_fmt", "rgb24", "-s", f"{width}x{size}", "-r", f"{fps}", "-i", "pipe:0"]
     if audio is not None:
@@ -421,28 +413,22 @@ def render_preview(out_mp4: str, *, head_pose, audio=None, sample_rate: int = 22
     err_path = os.path.join(tmp_dir, "ffmpeg.log")
     start = time.perf_counter()
     draw_time = 0.0
-    try:
-      with open(err_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
-        try:
-          for i in range(t):
-            d0 = time.perf_counter()
-            frame = _frame(panels, i)
-            draw_time += time.perf_counter() - d0
-            proc.stdin.write(frame.tobytes())
-          proc.stdin.close()
-        except BrokenPipeError:
-          pass  # ffmpeg died; its log says why (below)
-        rc = proc.wait()
-      if rc != 0:
-        with open(err_path, "rb") as f:
-          msg = f.read().decode(errors="replace")[-2000:]
-        raise RuntimeError(f"render_preview: ffmpeg failed for {out_mp4} (exit {rc}): {msg}")
-      os.chmod(tmp_mp4, 0o666 & ~_umask())  # mkstemp made it 0600
-      os.replace(tmp_mp4, out_mp4)
-    finally:
-      if os.path.exists(tmp_mp4):
-        os.remove(tmp_mp4)
+    with open(err_path, "wb") as err:
+      proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
+      try:
+        for i in range(t):
+          d0 = time.perf_counter()
+          frame = _frame(panels, i)
+          draw_time += time.perf_counter() - d0
+          proc.stdin.write(frame.tobytes())
+        proc.stdin.close()
+      except BrokenPipeError:
+        pass  # ffmpeg died; its log says why (below)
+      rc = proc.wait()
+    if rc != 0:
+      with open(err_path, "rb") as f:
+        msg = f.read().decode(errors="replace")[-2000:]
+      raise RuntimeError(f"render_preview: ffmpeg failed for {out_mp4} (exit {rc}): {msg}")
   seconds = time.perf_counter() - start
   stats = {"frames": t, "seconds": seconds, "draw_fps": t / max(draw_time, 1e-9)}
   logging.info("render_preview: %s, %d frames in %.2fs (drawing %.0f frames/s)", out_mp4, t,

@@ -3,6 +3,8 @@
 Every message names the config field, so a typo costs seconds, not a failed compile on 64 hosts.
 """
 
+import math
+
 import jax.numpy as jnp
 
 from avflow_jax.core import sharding
@@ -11,6 +13,56 @@ from avflow_jax.models import dit
 
 def _fail(field, msg):
   raise ValueError(f"config.{field}: {msg}")
+
+
+def _get(config, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+# (field, lowest allowed, highest allowed or None, integer?, lowest included?): every numeric
+# knob the loop reads. A value outside its range would train nonsense or lose data
+# (keep_checkpoints=0 deletes every checkpoint of a resumed run).
+_NUMBERS = (
+    ("num_steps", 1, None, True, True),
+    ("log_every", 1, None, True, True),
+    ("ckpt_every", 1, None, True, True),
+    ("keep_checkpoints", 1, None, True, True),
+    ("eval_every", 0, None, True, True),
+    ("eval_batches", 1, None, True, True),
+    ("seed", 0, None, True, True),
+    ("data.crop_frames", 1, None, True, True),
+    ("data.num_workers", 0, None, True, True),
+    ("data.cache_mb", 0, None, False, True),
+    ("optim.lr", 0, None, False, False),
+    ("optim.b1", 0, 1, False, True),
+    ("optim.b2", 0, 1, False, True),
+    ("optim.weight_decay", 0, None, False, True),
+    ("optim.warmup_steps", 0, None, True, True),
+    ("optim.grad_clip", 0, None, False, True),
+    ("optim.ema_decay", 0, 1, False, True),
+)
+
+
+def _validate_numbers(config) -> None:
+  """Every numeric field: a finite number (an integer where it counts), inside its range."""
+  for field, lo, hi, integer, lo_inclusive in _NUMBERS:
+    try:
+      value = _get(config, field)
+    except (KeyError, AttributeError):
+      continue  # Not a knob of this config (e.g. data.cache_mb of an old run).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      _fail(field, f"{value!r} is not a number")
+    if not math.isfinite(value):
+      _fail(field, f"{value} must be a finite number")
+    if integer and value != int(value):
+      _fail(field, f"{value} must be an integer")
+    if value < lo or (value == lo and not lo_inclusive) or (hi is not None and value >= hi):
+      if hi is not None:
+        _fail(field, f"{value} must be in [{lo}, {hi})")
+      _fail(field, f"{value} must be {'>=' if lo_inclusive else '>'} {lo}")
 
 
 def validate(config, manifest: dict, num_devices: int, num_processes: int) -> None:
@@ -24,17 +76,7 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
           f"the mesh (data={data_size} x fsdp={fsdp_size})")
   if config.batch_size % num_processes:
     _fail("batch_size", f"{config.batch_size} is not divisible by the {num_processes} processes")
-  if config.num_steps <= 0:
-    _fail("num_steps", "must be positive")
-  for field in ("log_every", "ckpt_every"):
-    if config[field] <= 0:
-      _fail(field, f"{config[field]} must be positive")
-  if config.data.crop_frames <= 0:
-    _fail("data.crop_frames", "must be positive")
-  if config.optim.lr <= 0:
-    _fail("optim.lr", f"{config.optim.lr} must be positive")
-  if not 0 <= config.optim.ema_decay < 1:
-    _fail("optim.ema_decay", f"{config.optim.ema_decay} must be in [0, 1)")
+  _validate_numbers(config)
   dims = manifest["dims"]
   if config.task == "av":
     _validate_av_model(config.model)

@@ -18,7 +18,7 @@ from data_prep import prepare
 from data_prep import synthetic as fx
 from tests import fixtures
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(fmt, inp, out, *extra):

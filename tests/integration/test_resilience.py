@@ -21,7 +21,7 @@ from avflow_jax.core import run_dir
 from avflow_jax.training import loop
 from configs import head_vae as head_vae_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.slow
 
 

@@ -20,7 +20,7 @@ from avflow_jax.inference import render
 from tests.integration import test_api
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork")  # ffmpeg and CLI subprocesses.
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
