@@ -171,7 +171,7 @@ def run(args, log=print) -> dict[str, Any]:
   """Runs the CLI with parsed `args`; returns {"files": [...], "timings": {stage: seconds}}.
 
   Raises:
-    InputError / avatar_lib.AvatarError: bad input (the CLI prints them as one line, exit code 2).
+    InputError / AvatarError: bad input (the CLI prints them as one line, exit code 2).
   """
   timings: dict[str, float] = {}
   start = time.perf_counter()

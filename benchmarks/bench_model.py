@@ -80,8 +80,8 @@ def time_train_step(config, data_dir, repeats):
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
   holder = [state]
 
-  def step():
-    holder[0], metrics = train_step(holder[0], batch)
+  def step():  # The compiled program itself: calling the jit again would compile it twice.
+    holder[0], metrics = compiled(holder[0], batch)
     jax.block_until_ready(metrics)
 
   step()  # Warm up (first dispatch).

@@ -37,9 +37,7 @@ def process_rows(global_batch_size: int, batch_sharding=None) -> list[int]:
   """Rows of the global batch held by this process's devices (contiguous slices by default)."""
   import jax  # The pipeline itself stays numpy-only; only this query needs the runtime.
   if batch_sharding is None:
-    pc, pi = jax.process_count(), jax.process_index()
-    local = global_batch_size // pc
-    return list(range(pi * local, (pi + 1) * local))
+    return resolve_rows(global_batch_size, None, jax.process_index(), jax.process_count())
   index_map = batch_sharding.addressable_devices_indices_map((global_batch_size,))
   rows = set()
   for idx in index_map.values():

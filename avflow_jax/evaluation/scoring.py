@@ -40,9 +40,9 @@ import numpy as np
 
 from avflow_jax.core import cli
 from avflow_jax.core import constants as C
-from avflow_jax.core import errors
 from avflow_jax.core import face_rig as face_rig_lib
 from avflow_jax.core import files
+from avflow_jax.core.errors import InputError
 from avflow_jax.data import clips
 from avflow_jax.evaluation import common
 from avflow_jax.evaluation import metrics
@@ -63,8 +63,6 @@ _DIRECTION = {"F1_lips": "higher (1 = GT events)", "F1_smiles": "higher (1 = GT 
 _PER_CLIP_KEYS = ("F1_lips", "F1_smiles", "Div_h", "Div_e", "BC_h", "BC_e", "MCD",
                   "gt_BC_h", "gt_BC_e")
 
-
-InputError = errors.InputError
 
 
 def make_parser() -> argparse.ArgumentParser:

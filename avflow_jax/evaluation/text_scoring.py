@@ -46,14 +46,14 @@ import numpy as np
 
 from avflow_jax.core import cli
 from avflow_jax.core import constants as C
-from avflow_jax.core import errors
 from avflow_jax.core import face_rig as face_rig_lib
 from avflow_jax.core import files
+from avflow_jax.core.errors import AvatarError
+from avflow_jax.core.errors import InputError
 from avflow_jax.data import clips
 from avflow_jax.evaluation import common
 from avflow_jax.evaluation import metrics
 
-InputError = errors.InputError
 REPORT_VERSION = 1
 PLOTTED_UTTERANCES = 4
 
@@ -313,7 +313,7 @@ def evaluate_text(args, log=print) -> dict[str, Any]:
     def predict(text, k, i=i, name=name):
       try:
         return text_tokens.text_to_tokens(text, t2t, seed=args.seed + 100_000 * i + k)
-      except avatar_lib.AvatarError as e:
+      except AvatarError as e:
         raise InputError(f"clip {name!r} sentence {k} ({text!r}): {e}") from e
 
     try:

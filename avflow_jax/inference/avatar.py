@@ -26,13 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from avflow_jax.core import constants as C
-from avflow_jax.core import errors
+from avflow_jax.core.errors import AvatarError
 from avflow_jax.inference import buckets as buckets_lib
 from avflow_jax.inference import loading
 from avflow_jax.inference import sampling
 from avflow_jax.inference import vocoder as vocoder_lib
 
-AvatarError = errors.AvatarError
 # Vocoder input range: BigVGAN's log floor (silence) up to a level no real recording reaches
 # (a full-scale sine peaks near 2.5); an untrained or diverged model can emit far larger values,
 # which would overflow exp() inside the vocoder.

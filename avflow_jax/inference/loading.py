@@ -22,8 +22,6 @@ from avflow_jax.data import manifest as manifest_lib
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
 
-RUN_CONFIG = run_dir.RUN_CONFIG
-
 
 @dataclasses.dataclass(frozen=True)
 class LoadedAvatar:
@@ -70,14 +68,14 @@ def _resolve_data_dir(workdir: str, config, data_dir: Optional[str]) -> str:
     return path
   stored = config.data.get("dir")
   if not stored:
-    raise AvatarError(f"{workdir}/{RUN_CONFIG}: data.dir is empty (the run's shard directory "
+    raise AvatarError(f"{workdir}/{run_dir.RUN_CONFIG}: data.dir is empty (the run's shard directory "
                       "is unknown); pass the shard directory explicitly (--data-dir)")
   path = os.path.abspath(os.path.expanduser(stored))
   if not os.path.exists(os.path.join(path, "manifest.json")):
     raise AvatarError(
-        f"{path}/manifest.json: missing (the data dir recorded in {workdir}/{RUN_CONFIG} has "
+        f"{path}/manifest.json: missing (the data dir recorded in {workdir}/{run_dir.RUN_CONFIG} has "
         "moved or been deleted; its manifest holds the normalisation stats). Fix: pass the "
-        f"shard directory with --data-dir (data_dir=...), or edit data.dir in {RUN_CONFIG}")
+        f"shard directory with --data-dir (data_dir=...), or edit data.dir in {run_dir.RUN_CONFIG}")
   return path
 
 
@@ -91,7 +89,7 @@ def _resolve_vae_dir(workdir: str, config) -> str:
       return c
   raise AvatarError(
       f"head-pose VAE checkpoints not found (looked in {', '.join(candidates)}); "
-      f"set head_vae.workdir in {workdir}/{RUN_CONFIG} to the VAE's training workdir")
+      f"set head_vae.workdir in {workdir}/{run_dir.RUN_CONFIG} to the VAE's training workdir")
 
 
 def _vae_config(vae_dir: str, config):
