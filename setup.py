@@ -39,7 +39,10 @@ setup(
     extras_require={
         # eSpeak NG for the demo corpus and the text front end (GPL-3, so kept optional).
         "demo": ["espeakng-loader>=0.2.4"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "espeakng-loader>=0.2.4"],
+        # WER in `evaluate`: an offline recogniser (its en-us model ships in the wheel) + scorer.
+        "wer": ["pocketsphinx>=5.0", "jiwer>=3.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "espeakng-loader>=0.2.4",
+                 "pocketsphinx>=5.0", "jiwer>=3.0"],
         # Reference PyTorch code for parity tests only; the package never imports torch.
         # The reference `bigvgan` package is installed with --no-deps (its pins pull CUDA torch).
         "parity": ["torch==2.13.0", "transformers>=4.57",

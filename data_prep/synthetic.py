@@ -200,11 +200,32 @@ def make_clip(rng: np.random.Generator, name: str, frames: int, head_dim: int = 
   return clip
 
 
+def speech_clip(rng: np.random.Generator, name: str, sentence: str, head_dim: int = 7,
+                participant: bool = False) -> dict:
+  """A `make_clip` record whose audio, mel and `utterances` are `sentence` spoken by eSpeak."""
+  from avflow_jax.text import espeak  # pylint: disable=g-import-not-at-top  (optional dep.)
+  from data_prep import mel as mel_lib  # pylint: disable=g-import-not-at-top
+  speech, _ = espeak.synthesize(sentence)
+  pad = np.zeros(C.SAMPLE_RATE // 4, np.int16)  # 0.25 s of silence either side.
+  audio = np.concatenate([pad, speech, pad])
+  frames = audio.shape[0] // C.HOP_LENGTH
+  clip = make_clip(rng, name, frames, head_dim, participant)
+  clip["audio"] = audio[:frames * C.HOP_LENGTH]
+  clip["mel"] = mel_lib.clip_mel(clip["audio"].astype(np.float64) / 32768.0)
+  start = pad.shape[0] // C.HOP_LENGTH
+  clip["utterances"] = json.dumps([{"text": sentence, "start": start,
+                                    "end": min(frames, start + speech.shape[0] // C.HOP_LENGTH)}])
+  return clip
+
+
 def write_synthetic_shards(out_dir: str, n_train: int = 12, n_val: int = 4, frames: int = 120,
-                           seed: int = 0, head_dim: int = 7, participant: bool = False) -> str:
+                           seed: int = 0, head_dim: int = 7, participant: bool = False,
+                           val_speech: tuple[str, ...] = ()) -> str:
   """A shard directory in the documented format (train: 2 shards, val: 1) with its manifest.
 
   Clip i of a split has `frames + 7 * i` frames; stats are computed over the train split.
+  `val_speech` replaces the first val clips by eSpeak speaking these sentences
+  (`speech_clip`: real speech and its transcript, for the recogniser).
   """
   os.makedirs(out_dir, exist_ok=True)
   rng = np.random.default_rng(seed)
@@ -218,6 +239,9 @@ def write_synthetic_shards(out_dir: str, n_train: int = 12, n_val: int = 4, fram
   for split, n, shards in (("train", n_train, 2), ("val", n_val, 1)):
     clips = [make_clip(rng, f"{split}{i:03d}", frames + 7 * i, head_dim, participant)
              for i in range(n)]
+    if split == "val":
+      for i, sentence in enumerate(val_speech[:n]):
+        clips[i] = speech_clip(rng, f"val{i:03d}", sentence, head_dim, participant)
     names, entries = [], []
     for s in range(shards):
       name = f"{split}-{s:05d}-of-{shards:05d}.array_record"

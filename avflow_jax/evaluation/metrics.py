@@ -12,6 +12,8 @@ and documented (see /work/shared/spec/data_vocoder_asr_metrics.md §5):
   motion beats = local minima of the Gaussian-smoothed kinetic velocity; Gaussian score with
   sigma = BEAT_SIGMA_S seconds.
 * MCD: mel-cepstral distortion in dB on DTW-aligned frames, c0 excluded.
+* Jitter: mean absolute second difference per channel (at the 30 fps of the video), as a ratio
+  of generated to ground truth; channels are put on one scale by the ground truth's std.
 """
 
 import warnings
@@ -261,3 +263,67 @@ def mcd(ref_audio: np.ndarray, gen_audio: np.ndarray, sr: int,
   diff = c_ref[:, path[:, 0]] - c_gen[:, path[:, 1]]
   per_frame = (10.0 / np.log(10.0)) * np.sqrt(2.0 * np.sum(diff**2, axis=0))
   return float(np.mean(per_frame))
+
+
+def second_differences(x: np.ndarray, valid=None) -> tuple[np.ndarray, int]:
+  """Per-channel sums of |x[t+1] - 2 x[t] + x[t-1]| over triples of valid frames.
+
+  Args:
+    x: (T, D) stream.
+    valid: optional (T,) bool; a triple counts only when its three frames are valid.
+
+  Returns:
+    ((D,) sums, number of triples).
+  """
+  x = _as_2d(x, "stream")
+  if x.shape[0] < 3:
+    return np.zeros(x.shape[1]), 0
+  d2 = np.abs(x[2:] - 2 * x[1:-1] + x[:-2])
+  if valid is not None:
+    v = np.asarray(valid, bool)
+    keep = v[2:] & v[1:-1] & v[:-2]
+    d2 = d2[keep]
+  return d2.sum(0), int(d2.shape[0])
+
+
+class JitterRatio:
+  """Jitter of generated motion relative to the ground truth's, pooled over clips.
+
+  jitter_c = mean |second difference| of channel c; both sides are divided by the ground
+  truth's std of that channel (so no channel's units dominate) and summed over channels:
+  ratio = sum_c gen_c / std_c  /  sum_c gt_c / std_c  (1 = as smooth as the ground truth).
+  """
+
+  def __init__(self):
+    self._gen = self._gt = None
+    self._n_gen = self._n_gt = 0
+    self._frames: list[np.ndarray] = []
+
+  def add(self, gt: np.ndarray, gen: np.ndarray, valid=None) -> float:
+    """Adds one clip; returns its own ratio (NaN when undefined)."""
+    s_gt, n_gt = second_differences(gt, valid)
+    s_gen, n_gen = second_differences(gen, valid)
+    if self._gen is None:
+      self._gen, self._gt = np.zeros_like(s_gen), np.zeros_like(s_gt)
+    self._gen += s_gen
+    self._gt += s_gt
+    self._n_gen += n_gen
+    self._n_gt += n_gt
+    gt = _as_2d(gt, "stream")
+    self._frames.append(gt if valid is None else gt[np.asarray(valid, bool)])
+    return self._ratio(s_gen, n_gen, s_gt, n_gt, self._frames[-1])
+
+  @staticmethod
+  def _ratio(s_gen, n_gen, s_gt, n_gt, gt_frames) -> float:
+    if not n_gen or not n_gt or gt_frames.shape[0] < 2:
+      return float("nan")
+    scale = 1.0 / np.maximum(gt_frames.std(0), 1e-8)
+    den = float((s_gt / n_gt * scale).sum())
+    return float((s_gen / n_gen * scale).sum() / den) if den > 0 else float("nan")
+
+  def ratio(self) -> float:
+    """The pooled ratio over every clip added (NaN when no triple was valid)."""
+    if self._gen is None:
+      return float("nan")
+    return self._ratio(self._gen, self._n_gen, self._gt, self._n_gt,
+                       np.concatenate(self._frames))

@@ -15,8 +15,14 @@ ground truth with `avflow_jax.metrics` (see docs/evaluation.md):
   Div_h, Div_e        diversity of generated head pose / face codes
   BC_h, BC_e          beat consistency of generated speech vs generated head / face motion
   MCD                 mel-cepstral distortion of generated vs ground-truth speech
+  WER                 word error rate of PocketSphinx on the generated speech of each
+                      utterance in the evaluated frames (optional extra `avflow_jax[wer]`)
+  Jitter_face/_head   mean |second difference| of the generated rig channels (codes without
+                      a rig) / head pose at 30 fps, as a ratio to the ground truth's
 
-The same metrics on the ground truth itself (Div, BC) form a reference row. With --oracle the
+The same metrics on the ground truth itself (Div, BC, WER of the recordings) form a reference
+row, and the ground truth's mel through the same vocoder another (MCD, WER: the floor a
+perfect mel would reach). With --oracle the
 ground-truth mel, codes and head pose replace the samples: an upper bound, and a check of the
 pipeline (F1 = 1, FDe = 0; MCD is then the vocoder's own distortion).
 
@@ -28,7 +34,6 @@ line on stderr and exit code 2.
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -44,25 +49,17 @@ from avflow_jax.core import face_rig as face_rig_lib
 from avflow_jax.core import files
 from avflow_jax.core.errors import InputError
 from avflow_jax.data import clips
+from avflow_jax.data import utterances as utterances_lib
+from avflow_jax.evaluation import av_metrics
 from avflow_jax.evaluation import common
 from avflow_jax.evaluation import metrics
+from avflow_jax.evaluation import speech_recognition
 
 EXIT_BAD_INPUT = 2
 DEFAULT_MAX_SECONDS = 20.0
-REPORT_VERSION = 1
-# Every report has all of these keys in "metrics": a float, or None with a reason in
-# "unavailable".
-METRIC_KEYS = ("F1_lips", "F1_smiles", "FDe", "Div_h", "Div_e", "BC_h", "BC_e", "MCD")
-# Metrics that say something about the ground truth on its own (F1 = 1, FDe = MCD = 0 there).
-REFERENCE_KEYS = ("Div_h", "Div_e", "BC_h", "BC_e")
-# How to read each metric, for the markdown summary.
-_DIRECTION = {"F1_lips": "higher (1 = GT events)", "F1_smiles": "higher (1 = GT events)",
-              "FDe": "lower (0 = GT statistics)", "Div_h": "close to GT",
-              "Div_e": "close to GT", "BC_h": "close to GT", "BC_e": "close to GT",
-              "MCD": "lower (dB)"}
-_PER_CLIP_KEYS = ("F1_lips", "F1_smiles", "Div_h", "Div_e", "BC_h", "BC_e", "MCD",
-                  "gt_BC_h", "gt_BC_e")
-
+REPORT_VERSION = 2  # 2: WER, jitter and the vocoded ground-truth row.
+METRIC_KEYS = av_metrics.METRIC_KEYS
+REFERENCE_KEYS = av_metrics.REFERENCE_KEYS
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -76,6 +73,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
   p.add_argument("--oracle", action="store_true",
                  help="score the ground-truth mel/codes/head instead of samples (upper bound)")
+  p.add_argument("--no-wer", action="store_true",
+                 help="skip the speech recogniser (WER; its rows take most of the time)")
   return p
 
 
@@ -93,7 +92,7 @@ def crop_record(record: dict, max_frames: Optional[int], participant: bool) -> d
 
   Returns:
     {"name", "tokens", "mel", "face", "face_mask", "head", "audio" (float in [-1, 1] or None),
-     "participant" (or None)}.
+     "participant" (or None), "utterances" ((text, start, end) spans ending inside)}.
   """
   name = record["name"]
   for key in ("tokens", "mel", "face", "head"):
@@ -120,141 +119,12 @@ def crop_record(record: dict, max_frames: Optional[int], participant: bool) -> d
       raise InputError(f"clip {name!r}: the run is dyadic (data.participant) but the record "
                        "has no 'participant' field")
     out["participant"] = np.asarray(record["participant"], np.float32)[:t]
+  try:
+    spans = utterances_lib.clip_utterances(record, f"clip {name!r}")
+  except ValueError as e:
+    raise InputError(str(e)) from e
+  out["utterances"] = tuple(u for u in spans if u[2] <= t)
   return out
-
-
-# ---- Metrics -------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ClipStreams:
-  """One evaluated clip: ground truth and generated streams on the mel grid.
-
-  `gen_audio` is the vocoded generated mel; `gt_audio` the recorded audio (None if absent).
-  """
-  name: str
-  gt_mel: np.ndarray
-  gt_face: np.ndarray
-  gt_head: np.ndarray
-  face_mask: np.ndarray
-  gt_audio: Optional[np.ndarray]
-  gen_mel: np.ndarray
-  gen_face: np.ndarray
-  gen_head: np.ndarray
-  gen_audio: np.ndarray
-
-
-def _finite_or_none(x) -> Optional[float]:
-  if x is None:
-    return None
-  x = float(x)
-  return x if math.isfinite(x) else None
-
-
-def _beats(audio: Optional[np.ndarray], motion: np.ndarray) -> tuple[float, float]:
-  """(BC vs head, BC vs codes) of one clip; NaN when the audio is missing or has no onset."""
-  if audio is None:
-    return float("nan"), float("nan")
-  a = metrics.audio_beats(audio, C.SAMPLE_RATE)
-  return tuple(metrics.beat_score(a, metrics.motion_beats(m, C.FRAME_RATE)) for m in motion)
-
-
-class MetricAccumulator:
-  """Per-clip scores as clips arrive, and the pooled (all-frame) metrics at the end.
-
-  Pooled metrics keep the frames they need (face codes and head pose, float32: ~2 kB per
-  frame for both sides); per-clip ones (BC, MCD) are computed at once and the audio dropped.
-  """
-
-  def __init__(self, rig: Optional[face_rig_lib.FaceRig]):
-    self.rig = rig
-    self.per_clip: list[dict[str, Any]] = []
-    self._gt_face_obs, self._gen_face_obs = [], []
-    self._gt_face, self._gen_face, self._gt_head, self._gen_head = [], [], [], []
-    self._events = {"lips": ([], []), "smiles": ([], [])}
-
-  def add(self, clip: ClipStreams) -> dict[str, Any]:
-    """Scores one clip; returns its per-clip values (also kept in `per_clip`)."""
-    obs = clip.face_mask
-    row: dict[str, Any] = {"name": clip.name, "frames": int(clip.gen_mel.shape[0]),
-                           "seconds": clip.gen_mel.shape[0] / C.FRAME_RATE,
-                           "observed_face_frames": int(obs.sum())}
-    if self.rig is not None and obs.any():
-      gt_ch = self.rig.decode(clip.gt_face[obs])
-      gen_ch = self.rig.decode(clip.gen_face[obs])
-      for key, event in (("lips", face_rig_lib.closure), ("smiles", face_rig_lib.smile)):
-        g, p = event(gt_ch), event(gen_ch)
-        self._events[key][0].append(g)
-        self._events[key][1].append(p)
-        row[f"F1_{key}"] = metrics.f1_binary(g, p)
-        row[f"gt_{key}_frames"] = int(g.sum())
-        row[f"gen_{key}_frames"] = int(p.sum())
-    self._gt_face_obs.append(clip.gt_face[obs])
-    self._gen_face_obs.append(clip.gen_face[obs])
-    self._gt_face.append(clip.gt_face)
-    self._gen_face.append(clip.gen_face)
-    self._gt_head.append(clip.gt_head)
-    self._gen_head.append(clip.gen_head)
-    row["Div_h"] = metrics.diversity(clip.gen_head)
-    row["Div_e"] = metrics.diversity(clip.gen_face)
-    row["BC_h"], row["BC_e"] = _beats(clip.gen_audio, (clip.gen_head, clip.gen_face))
-    row["gt_BC_h"], row["gt_BC_e"] = _beats(clip.gt_audio, (clip.gt_head, clip.gt_face))
-    row["MCD"] = float("nan")
-    if clip.gt_audio is not None and clip.gt_audio.size >= metrics.MCD_N_FFT:
-      row["MCD"] = metrics.mcd(clip.gt_audio, clip.gen_audio, C.SAMPLE_RATE)
-    row = {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in row.items()}
-    self.per_clip.append(row)
-    return row
-
-  def _mean(self, key: str) -> Optional[float]:
-    """Mean over the clips where `key` is defined (None where it is defined nowhere)."""
-    vals = [r[key] for r in self.per_clip if r.get(key) is not None]
-    return float(np.mean(vals)) if vals else None
-
-  def summary(self) -> tuple[dict, dict, dict]:
-    """(metrics, unavailable reasons, ground-truth reference row)."""
-    out: dict[str, Optional[float]] = {k: None for k in METRIC_KEYS}
-    why: dict[str, str] = {}
-    n = len(self.per_clip)
-    if self.rig is None:
-      for k in ("F1_lips", "F1_smiles"):
-        why[k] = ("the data has no face decoder (manifest face_decoder is null): lip closures "
-                  "and smiles cannot be read from the codes")
-    elif not self._events["lips"][0]:
-      for k in ("F1_lips", "F1_smiles"):
-        why[k] = "no clip has an observed face frame (face_mask is 0 everywhere)"
-    else:
-      for key in ("lips", "smiles"):
-        g, p = (np.concatenate(x) for x in self._events[key])
-        out[f"F1_{key}"] = metrics.f1_binary(g, p)
-    gt_obs, gen_obs = np.concatenate(self._gt_face_obs), np.concatenate(self._gen_face_obs)
-    if gt_obs.shape[0] < 2:
-      why["FDe"] = f"only {gt_obs.shape[0]} observed face frame(s); need at least 2"
-    else:
-      try:
-        out["FDe"] = _finite_or_none(metrics.frechet_distance(gt_obs, gen_obs))
-      except ValueError as e:
-        why["FDe"] = str(e)
-      if out["FDe"] is None and "FDe" not in why:
-        why["FDe"] = "the Fréchet distance is not finite"
-    gen_head, gen_face = np.concatenate(self._gen_head), np.concatenate(self._gen_face)
-    out["Div_h"] = _finite_or_none(metrics.diversity(gen_head))
-    out["Div_e"] = _finite_or_none(metrics.diversity(gen_face))
-    for k in ("BC_h", "BC_e"):
-      out[k] = self._mean(k)
-      if out[k] is None:
-        why[k] = f"no audio onset in the generated speech of any of the {n} clip(s)"
-    out["MCD"] = self._mean("MCD")
-    if out["MCD"] is None:
-      why["MCD"] = ("no clip has ground-truth audio of at least "
-                    f"{metrics.MCD_N_FFT} samples (record field 'audio')")
-    for k in METRIC_KEYS:
-      if out[k] is None and k not in why:
-        why[k] = "not finite"
-    ref = {"Div_h": _finite_or_none(metrics.diversity(np.concatenate(self._gt_head))),
-           "Div_e": _finite_or_none(metrics.diversity(np.concatenate(self._gt_face)))}
-    for k in ("BC_h", "BC_e"):
-      ref[k] = self._mean("gt_" + k)
-    return out, why, ref
 
 
 # ---- Output --------------------------------------------------------------------------------------
@@ -274,22 +144,25 @@ def render_markdown(report: dict) -> str:
       f"* sampler: {cfg['num_steps']} Euler steps, seed {cfg['seed']} (clip i: seed + i); "
       f"vocoder: {cfg['vocoder']}",
       "",
-      "| metric | generated | ground truth | better |",
-      "|---|---|---|---|",
+      "| metric | generated | ground truth | vocoded ground truth | better |",
+      "|---|---|---|---|---|",
   ]
+  ref = report["reference"]
   for k in METRIC_KEYS:
     lines.append(f"| {k} | {common.fmt(report['metrics'][k])} | "
-                 f"{common.fmt(report['reference']['ground_truth'].get(k))} | {_DIRECTION[k]} |")
+                 f"{common.fmt(ref['ground_truth'].get(k))} | "
+                 f"{common.fmt(ref['vocoded_ground_truth'].get(k))} | "
+                 f"{av_metrics.DIRECTION[k]} |")
   if report["unavailable"]:
     lines += ["", "Not available:", ""]
     lines += [f"* {k}: {v}" for k, v in report["unavailable"].items()]
   lines += ["", "See docs/evaluation.md for the definitions and fixed parameters.", "",
             "## Per clip", "",
-            "| clip | seconds | " + " | ".join(_PER_CLIP_KEYS) + " |",
-            "|---|---|" + "---|" * len(_PER_CLIP_KEYS)]
+            "| clip | seconds | " + " | ".join(av_metrics.PER_CLIP_KEYS) + " |",
+            "|---|---|" + "---|" * len(av_metrics.PER_CLIP_KEYS)]
   for r in report["clips"]:
     lines.append(f"| {r['name']} | {r['seconds']:.2f} | "
-                 + " | ".join(common.fmt(r.get(k)) for k in _PER_CLIP_KEYS) + " |")
+                 + " | ".join(common.fmt(r.get(k)) for k in av_metrics.PER_CLIP_KEYS) + " |")
   plotted = [r for r in report["clips"] if r.get("plot")]
   if plotted:
     lines += ["", "## Plots", "", "Solid: generated; dashed: ground truth.", ""]
@@ -298,7 +171,7 @@ def render_markdown(report: dict) -> str:
   return "\n".join(lines).rstrip() + "\n"
 
 
-def _plot_clip(path: str, clip: ClipStreams, rig) -> None:
+def _plot_clip(path: str, clip: av_metrics.ClipStreams, rig) -> None:
   from avflow_jax.core import plots  # pylint: disable=g-import-not-at-top
   face, gt_face, names = clip.gen_face, clip.gt_face, None
   if rig is not None:
@@ -311,6 +184,17 @@ def _plot_clip(path: str, clip: ClipStreams, rig) -> None:
 
 
 # ---- The run -------------------------------------------------------------------------------------
+
+def _recognizer(args, log):
+  """(the speech recogniser or None, why there is none)."""
+  if args.no_wer:
+    return None, "skipped (--no-wer)"
+  reason = speech_recognition.unavailable_reason()
+  if reason:
+    log(f"WER: {reason}")
+    return None, reason
+  return speech_recognition.Recognizer(), ""
+
 
 def evaluate(args, log=print) -> dict[str, Any]:
   """Runs the evaluation for parsed `args`; returns the report dict (also written to disk).
@@ -341,7 +225,8 @@ def evaluate(args, log=print) -> dict[str, Any]:
 
   max_frames = int(args.max_seconds * C.FRAME_RATE) if args.max_seconds else None
   rig = loaded.face_rig
-  acc = MetricAccumulator(rig)
+  recognizer, wer_missing = _recognizer(args, log)
+  acc = av_metrics.MetricAccumulator(rig, recognizer, wer_missing)
   bar = tqdm(clips.iter_split_records(shards, entries), total=len(entries), unit="clip",
              desc=f"evaluate {args.split}", file=sys.stderr, dynamic_ncols=True)
   for i, (_, record) in enumerate(bar):
@@ -355,11 +240,15 @@ def evaluate(args, log=print) -> dict[str, Any]:
       gen = {k: out[k][0] for k in ("mel", "face", "head")}
     t1 = time.perf_counter()
     gen_audio = avatar.vocode(gen["mel"])
+    vocoded_gt = None
+    if recognizer is not None:  # The recogniser's floor: a perfect mel through this vocoder.
+      vocoded_gt = gen_audio if args.oracle else avatar.vocode(rec["mel"])
     t2 = time.perf_counter()
-    clip = ClipStreams(name=rec["name"], gt_mel=rec["mel"], gt_face=rec["face"],
-                       gt_head=rec["head"], face_mask=rec["face_mask"], gt_audio=rec["audio"],
-                       gen_mel=gen["mel"], gen_face=gen["face"], gen_head=gen["head"],
-                       gen_audio=gen_audio)
+    clip = av_metrics.ClipStreams(
+        name=rec["name"], gt_mel=rec["mel"], gt_face=rec["face"], gt_head=rec["head"],
+        face_mask=rec["face_mask"], gt_audio=rec["audio"], gen_mel=gen["mel"],
+        gen_face=gen["face"], gen_head=gen["head"], gen_audio=gen_audio,
+        utterances=rec["utterances"], vocoded_gt_audio=vocoded_gt)
     row = acc.add(clip)
     t3 = time.perf_counter()
     if not args.no_plots:
@@ -369,7 +258,8 @@ def evaluate(args, log=print) -> dict[str, Any]:
     for k, dt in (("sample", t1 - t0), ("vocoder", t2 - t1), ("metrics", t3 - t2),
                   ("plot", t4 - t3)):
       timings[k] += dt
-    bar.set_postfix(MCD=common.fmt(row.get("MCD")), BC_h=common.fmt(row.get("BC_h")))
+    bar.set_postfix(MCD=common.fmt(row.get("MCD")), WER=common.fmt(row.get("WER")),
+                    jitter=common.fmt(row.get("Jitter_face")))
   bar.close()
 
   t0 = time.perf_counter()
@@ -387,9 +277,10 @@ def evaluate(args, log=print) -> dict[str, Any]:
       "seconds_evaluated": float(sum(r["seconds"] for r in acc.per_clip)),
       "metrics": values,
       "unavailable": unavailable,
-      "reference": {"ground_truth": reference},
+      "reference": reference,
       "config": {
           "oracle": bool(args.oracle), "which": args.which, "num_steps": args.steps,
+          "recogniser": "pocketsphinx en-us" if recognizer is not None else None,
           "seed": args.seed, "max_seconds": args.max_seconds, "max_clips": args.max_clips,
           "vocoder": avatar.vocoder.name, "face_decoder": loaded.manifest.get("face_decoder"),
           "head_kind": loaded.manifest.get("head_kind"), "dims": loaded.dims,
@@ -403,6 +294,7 @@ def evaluate(args, log=print) -> dict[str, Any]:
           "mcd_n_cepstra": metrics.MCD_N_CEPSTRA,
           "lip_closure_threshold": face_rig_lib.LIP_CLOSURE_THRESHOLD,
           "smile_threshold": face_rig_lib.SMILE_THRESHOLD,
+          "jitter_fps": C.VIDEO_FPS, "wer_pad_s": speech_recognition.PAD_S,
           "frame_rate": C.FRAME_RATE, "sample_rate": C.SAMPLE_RATE,
       },
       "clips": acc.per_clip,

@@ -14,25 +14,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from avflow_jax.models import attention
+from avflow_jax.models import torch_init
 
 Dtype = Any
 
 
-def dense(features, logical_axes, name, dtype, kernel_init=nn.initializers.lecun_normal(),
-          bias_init=nn.initializers.zeros_init()):
-  """A Dense layer whose kernel carries logical axis names for sharding."""
-  return nn.Dense(
-      features, dtype=dtype, param_dtype=jnp.float32, name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, logical_axes),
-      bias_init=nn.with_logical_partitioning(bias_init, (logical_axes[-1],)))
+def dense(features, logical_axes, name, dtype, kernel_init=None, zero_bias=False):
+  """A Linear layer with torch's default init whose kernel carries logical axis names."""
+  return torch_init.Linear(features, logical_axes, dtype, kernel_init, zero_bias, name=name)
 
 
 def _adaln_kernel_init(d_model):
-  """adaLN-zero: the alpha (gate) columns start at zero so each sublayer starts as identity."""
-  base = nn.initializers.lecun_normal()
+  """adaLN-zero: the alpha (gate) columns start at zero so each sublayer starts as identity.
 
+  The other columns (beta, gamma) keep torch's default init, as in the official model.
+  """
   def init(key, shape, dtype=jnp.float32):
-    w = base(key, shape, dtype)
+    w = torch_init.kernel_init(key, shape, dtype)
     return w.at[:, :d_model].set(0.0)
   return init
 
@@ -61,7 +59,7 @@ class AdaLNSublayer(nn.Module):
   @nn.compact
   def __call__(self, x, temb, f):
     mod = dense(3 * self.d_model, ("embed", "mod"), "adaln", self.dtype,
-                kernel_init=_adaln_kernel_init(self.d_model))(temb)
+                kernel_init=_adaln_kernel_init(self.d_model), zero_bias=True)(temb)
     alpha, beta, gamma = jnp.split(mod[:, None, :], 3, axis=-1)
     # Normalise in float32: bf16 variance of 512 features loses too much.
     y = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32)(x)

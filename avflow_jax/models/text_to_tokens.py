@@ -34,9 +34,10 @@ import jax.numpy as jnp
 
 from avflow_jax.core import constants
 from avflow_jax.models import mas
+from avflow_jax.models import torch_init
 
 # PyTorch's default Conv/Linear init (kaiming_uniform with a = sqrt(5)) is U(+-1/sqrt(fan_in)).
-_torch_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+_torch_default = torch_init.kernel_init
 # Matcha's decoder re-initialises convs and linears with kaiming normal (ReLU gain).
 _kaiming = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 _LN_EPS = 1e-4  # the reference's channel LayerNorm.

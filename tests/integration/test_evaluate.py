@@ -12,6 +12,7 @@ import pytest
 from avflow_jax.core import constants as C
 from avflow_jax.core import face_rig as face_rig_lib
 from avflow_jax.data import clips
+from avflow_jax.evaluation import av_metrics
 from avflow_jax.evaluation import metrics
 from avflow_jax.evaluation import scoring
 from avflow_jax.training import random_init
@@ -61,6 +62,7 @@ def _check_report(report, num_clips, step=0):
   assert report["num_clips"] == num_clips and len(report["clips"]) == num_clips
   assert report["checkpoint_step"] == step
   assert set(report["reference"]["ground_truth"]) == set(scoring.REFERENCE_KEYS)
+  assert set(report["reference"]["vocoded_ground_truth"]) == set(av_metrics.VOCODED_KEYS)
 
 
 def test_end_to_end_without_face_rig(run, tmp_path):
@@ -72,9 +74,12 @@ def test_end_to_end_without_face_rig(run, tmp_path):
   for k in ("F1_lips", "F1_smiles"):
     assert report["metrics"][k] is None
     assert "face_decoder" in report["unavailable"][k]
-  for k in ("FDe", "Div_h", "Div_e", "BC_h", "BC_e", "MCD"):
+  for k in ("FDe", "Div_h", "Div_e", "BC_h", "BC_e", "MCD", "Jitter_face", "Jitter_head"):
     assert report["metrics"][k] is not None, k
   assert report["metrics"]["FDe"] > 0 and report["metrics"]["MCD"] > 0
+  # These clips have no transcript: WER says so (or that the recogniser is not installed).
+  assert report["metrics"]["WER"] is None
+  assert "utterance" in report["unavailable"]["WER"] or "[wer]" in report["unavailable"]["WER"]
   # --max-seconds 1: every clip cut to the first int(86.13) frames.
   assert [c["frames"] for c in report["clips"]] == [86] * N_VAL
   assert report["seconds_evaluated"] == pytest.approx(N_VAL * 86 / C.FRAME_RATE)
@@ -106,6 +111,8 @@ def test_oracle_with_face_rig_gives_known_answers(run, tmp_path):
   for k in ("Div_h", "Div_e"):
     assert oracle["metrics"][k] == pytest.approx(oracle["reference"]["ground_truth"][k],
                                                  rel=1e-6)
+  assert oracle["metrics"]["Jitter_face"] == pytest.approx(1.0)
+  assert oracle["metrics"]["Jitter_head"] == pytest.approx(1.0)
 
   # Sampled with the rig: F1 scores exist, and the random model is far from the oracle.
   assert _run_cli(*common, "--max-clips", 1, "--no-plots", "--output",
@@ -115,7 +122,39 @@ def test_oracle_with_face_rig_gives_known_answers(run, tmp_path):
   assert 0.0 <= sample["metrics"]["F1_lips"] <= 1.0
   assert 0.0 <= sample["metrics"]["F1_smiles"] <= 1.0
   assert sample["metrics"]["FDe"] > 100 * max(abs(oracle["metrics"]["FDe"]), 1e-3)
+  assert sample["metrics"]["Jitter_face"] > 1.5  # an untrained model's codes are noise
   assert not list(tmp_path.glob("sample*.png"))  # --no-plots
+
+
+def test_wer_of_speech_beside_recordings_and_vocoded_ground_truth(tmp_path):
+  """Real speech (eSpeak) with transcripts: the recogniser's three rows and their relations."""
+  pytest.importorskip("pocketsphinx")
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  sentences = ("Please remember to bring your umbrella tomorrow.",
+               "The moon rose over the quiet meadow.")
+  data = synthetic.write_synthetic_shards(str(tmp_path / "shards"), n_train=4, n_val=2,
+                                         val_speech=sentences)
+  workdir = random_init.init_workdir(tiny.get_config(), str(tmp_path / "run"), data)
+  common = ("--workdir", workdir, "--max-seconds", 0, "--no-plots")
+  assert _run_cli(*common, "--oracle", "--output", tmp_path / "oracle.json") == 0
+  oracle = _load(tmp_path / "oracle.json")
+  _check_report(oracle, 2)
+  gt, vocoded = (oracle["reference"][k] for k in ("ground_truth", "vocoded_ground_truth"))
+  assert gt["WER"] is not None and gt["WER"] <= 0.5  # eSpeak's own recordings
+  # The oracle's "generated" mel is the ground truth's: the same audio as the vocoded row.
+  assert oracle["metrics"]["WER"] == vocoded["WER"]
+  assert vocoded["MCD"] == pytest.approx(oracle["metrics"]["MCD"])
+  assert [c["utterances"] for c in oracle["clips"]] == [1, 1]
+  assert oracle["clips"][0]["transcripts"][0]["text"] == sentences[0]
+  assert oracle["config"]["recogniser"] == "pocketsphinx en-us"
+
+  assert _run_cli(*common, "--max-clips", 1, "--output", tmp_path / "sample.json") == 0
+  sample = _load(tmp_path / "sample.json")
+  assert sample["metrics"]["WER"] >= 0.8  # random weights speak no words
+  assert _run_cli(*common, "--max-clips", 1, "--no-wer", "--output", tmp_path / "no.json") == 0
+  skipped = _load(tmp_path / "no.json")
+  assert skipped["metrics"]["WER"] is None and "--no-wer" in skipped["unavailable"]["WER"]
+  assert skipped["reference"]["vocoded_ground_truth"]["WER"] is None
 
 
 def test_dyadic_run_is_conditioned_on_each_clips_participant(tmp_path, monkeypatch):
@@ -168,13 +207,13 @@ def test_accumulator_known_answers():
   gt_lips = (np.arange(t) % 20 < 5).astype(np.float32)  # 50 closure frames
   gen_lips = gt_lips.copy()
   gen_lips[:10] = 1 - gen_lips[:10]  # frames 0-4: 5 misses (FN); frames 5-9: 5 false alarms
-  acc = scoring.MetricAccumulator(rig)
+  acc = av_metrics.MetricAccumulator(rig)
   a = _clip("a", rig, gt_lips, 0.0, rng)
   b = _clip("b", rig, gen_lips, 0.0, rng)
-  acc.add(scoring.ClipStreams(**a, gen_face=b["gt_face"], gen_head=a["gt_head"]))
+  acc.add(av_metrics.ClipStreams(**a, gen_face=b["gt_face"], gen_head=a["gt_head"]))
   c = _clip("c", rig, gt_lips, 1.0, rng, audio=False)
   c["face_mask"][:100] = False  # Only the observed half counts for F1 and FDe.
-  acc.add(scoring.ClipStreams(**c, gen_face=c["gt_face"], gen_head=c["gt_head"]))
+  acc.add(av_metrics.ClipStreams(**c, gen_face=c["gt_face"], gen_head=c["gt_head"]))
   out, why, ref = acc.summary()
   # Clip a: TP 45, FP 5, FN 5 -> F1 = 90 / 100; clip c (100 observed frames) is perfect: TP 25.
   assert acc.per_clip[0]["F1_lips"] == pytest.approx(0.9)
@@ -190,8 +229,12 @@ def test_accumulator_known_answers():
   assert acc.per_clip[0]["BC_h"] == acc.per_clip[0]["gt_BC_h"] is not None
   gen_head = np.concatenate([a["gt_head"], c["gt_head"]])
   assert out["Div_h"] == pytest.approx(metrics.diversity(gen_head))
-  assert ref["Div_h"] == pytest.approx(out["Div_h"])
-  assert out["FDe"] > 0 and not why
+  assert ref["ground_truth"]["Div_h"] == pytest.approx(out["Div_h"])
+  assert out["FDe"] > 0
+  # Clip a's generated head is its ground truth (jitter 1); its face is clip b's codes.
+  assert acc.per_clip[0]["Jitter_head"] == pytest.approx(1.0)
+  assert acc.per_clip[1]["Jitter_face"] == pytest.approx(1.0)
+  assert set(why) == {"WER"} and "not requested" in why["WER"]
 
 
 def test_bad_input_exits_2_with_one_line(run, tmp_path, capsys):

@@ -112,3 +112,32 @@ def test_mcd_identical_zero_and_different_positive():
   # A copy with a repeated stretch is handled by DTW: much closer than a different signal.
   slow = np.concatenate([tone[: SR // 2], tone[SR // 2 - 2000:]])
   assert metrics.mcd(tone, slow, SR) < 0.25 * metrics.mcd(tone, noise, SR)
+
+
+def test_jitter_ratio_known_answers():
+  t = np.arange(300, dtype=np.float64)
+  smooth = np.stack([np.sin(t * 0.05), 100 * np.cos(t * 0.03)], -1)  # channels 100x apart
+  jr = metrics.JitterRatio()
+  assert jr.add(smooth, smooth) == pytest.approx(1.0)
+  # Alternating +-e on every frame adds |d2| = 4e to each channel's second difference.
+  shaky = smooth + 0.01 * (-1.0) ** t[:, None] * smooth.std(0)
+  ratio = metrics.JitterRatio().add(smooth, shaky)
+  assert ratio > 10
+  # Channels are put on one scale: the 100x channel does not decide the ratio alone.
+  only_small = smooth.copy()
+  only_small[:, 0] = shaky[:, 0]
+  only_big = smooth.copy()
+  only_big[:, 1] = shaky[:, 1]
+  a, b = metrics.JitterRatio().add(smooth, only_small), metrics.JitterRatio().add(smooth, only_big)
+  assert a == pytest.approx(b, rel=0.5)
+  # Invalid frames break triples: a jump across a gap is not counted.
+  jumpy = smooth.copy()
+  jumpy[150:] += 50
+  valid = np.ones(300, bool)
+  valid[149:151] = False
+  assert metrics.JitterRatio().add(smooth, jumpy, valid) == pytest.approx(1.0)
+  assert metrics.JitterRatio().add(smooth, jumpy) > 1.5
+  assert np.isnan(metrics.JitterRatio().add(smooth[:2], smooth[:2]))
+  # Pooled over clips: the mean of two clips with ratio 1 and a shaky one lies between.
+  jr.add(smooth, shaky)
+  assert 1.0 < jr.ratio() < ratio

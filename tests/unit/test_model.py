@@ -43,6 +43,53 @@ def test_adaln_zero_blocks_start_as_identity():
   np.testing.assert_allclose(block.apply(params, x, temb), x, atol=1e-6)
 
 
+def test_initial_weights_follow_torch_default_init():
+  """Every Linear: weights and biases U(+-1/sqrt(fan_in)); adaLN-zero: gate columns and bias 0.
+
+  The official model keeps torch's default Linear init; Flax's lecun_normal (sqrt(3) larger,
+  zero biases) blows up the residual stream through the ungated fusion layers.
+  """
+  model = dit.AVFlowTransformer(visual_dim=264, audio_dim=80, d_model=256, hidden_dim=512,
+                                num_heads=4, windows=((8, 4),) * 2, attention_block=16)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 264)),
+                               jnp.zeros((1, 16, 80)), jnp.zeros((1, 16, 29)),
+                               jnp.zeros((1,))))["params"]
+  flat = {"/".join(k.key for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_leaves_with_path(params)}
+  kernels = [k for k in flat if k.endswith("/kernel")]
+  assert len(kernels) == 4 + 2 * 2 * (2 * 2 + 2) + 2 + 2  # in/out, blocks, fusion, time MLP
+  for name in kernels:
+    w, b = flat[name], flat[name[:-len("kernel")] + "bias"]
+    bound = 1 / np.sqrt(w.shape[0])
+    if "/adaln/" in name:
+      d = w.shape[1] // 3
+      assert not w[:, :d].any() and not b.any(), name  # alpha(t) = 0: identity sublayers.
+      w = w[:, d:]
+    else:
+      assert np.abs(b).max() <= bound and np.abs(b).max() > 0.5 * bound, name
+    assert np.abs(w).max() <= bound, name
+    # U(-a, a) has std a / sqrt(3); lecun_normal would give a.
+    np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.1, err_msg=name)
+
+
+def test_initial_residual_stream_stays_bounded():
+  """At init the fusion layers grow the stream's std by about 2x, not 4x (lecun_normal)."""
+  model = dit.AVFlowTransformer(visual_dim=264, audio_dim=80, d_model=128, hidden_dim=256,
+                                num_heads=4, windows=((8, 4),) * 4, attention_block=16)
+  ks = jax.random.split(jax.random.PRNGKey(3), 4)
+  x_v, x_a = jax.random.normal(ks[0], (2, 64, 264)), jax.random.normal(ks[1], (2, 64, 80))
+  cond = jax.random.normal(ks[2], (2, 64, 29))
+  t = jnp.full((2,), 0.5)
+  params = model.init(ks[3], x_v, x_a, cond, t)
+  _, state = model.apply(params, x_v, x_a, cond, t, capture_intermediates=True,
+                         mutable=["intermediates"])
+  inter = state["intermediates"]
+  first = float(jnp.std(inter["input_proj_a"]["__call__"][0]))
+  stream = inter["block_a_3"]["__call__"][0] + inter["fusion_3"]["__call__"][0][..., :128]
+  last = float(jnp.std(stream))
+  assert last < 2.5 * first, (first, last)
+
+
 @pytest.mark.parametrize("t", [1, 31, 33, 257])
 @pytest.mark.parametrize("window,block", [((16, 8), 16), ((3, 0), 4), ((0, 5), 8)])
 def test_blocked_window_attention_equals_dense_masked(t, window, block):
