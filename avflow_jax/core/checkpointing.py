@@ -3,14 +3,29 @@
 Orbax writes each step into a temporary directory and renames it only after every process
 has finished (the commit), so a killed job never leaves a checkpoint that looks complete but
 is not, and `latest_step` never returns one.
+
+On top of that, every step this package saves is sealed: once orbax has committed it,
+`seal` writes STEP/avflow_checksums.json (size and SHA-256 of every file). `restore` checks the
+seal, restores, and checks that the parameters are finite; a step that fails any of these is
+moved aside to STEP.corrupt (never deleted) with a warning naming what was wrong, and the next
+older step is tried. A step without a seal (written by an older version, or killed between
+the commit and the seal) is restored unverified, with a warning.
 """
 
 import os
 from typing import Any, Optional
 
+from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from avflow_jax.core import checksums
+from avflow_jax.core import files
+
+CORRUPT_SUFFIX = ".corrupt"
 
 
 def make_manager(directory: str, *, keep: int, async_save: bool = True,
@@ -48,27 +63,92 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+def seal(manager: ocp.CheckpointManager, steps: list) -> None:
+  """Waits for pending saves, then writes the checksums of `steps` (emptied); process 0 only."""
+  manager.wait_until_finished()
+  if jax.process_index() == 0:
+    for step in steps:
+      step_dir = os.path.join(str(manager.directory), str(step))
+      if os.path.isdir(step_dir):
+        files.write_atomic(os.path.join(step_dir, checksums.CHECKSUMS), checksums.table_json(step_dir))
+  steps.clear()
+
+
+def _quarantine(step_dir: str) -> str:
+  """Moves a bad step out of orbax's sight (STEP.corrupt[.N]); nothing is deleted."""
+  target, n = step_dir + CORRUPT_SUFFIX, 1
+  while os.path.exists(target):
+    target, n = f"{step_dir}{CORRUPT_SUFFIX}.{n}", n + 1
+  if jax.process_index() == 0:
+    os.rename(step_dir, target)
+  if jax.process_count() > 1:  # Every process must see the rename before reloading.
+    multihost_utils.sync_global_devices("avflow_checkpoint_quarantine")
+  return target
+
+
+def _all_finite(tree) -> bool:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in xs])))(
+      leaves)) if leaves else True
+
+
+def _restore_one(manager, step, abstract_state, data_iter) -> tuple[Any, Optional[str]]:
+  """(state, None) or (None, why the step is unusable)."""
+  step_dir = os.path.join(str(manager.directory), str(step))
+  sealed, problem = checksums.verify(step_dir)
+  if problem:
+    return None, problem
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  try:
+    state = manager.restore(step, args=ocp.args.Composite(**items))["state"]
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return None, f"unreadable ({type(e).__name__}: {first})"
+  if not _all_finite(state):
+    return None, "its parameters or optimiser state contain NaN/inf"
+  if not sealed:
+    logging.warning("checkpoint %s has no %s (saved by an older version or killed before "
+                    "it was sealed): restored unverified", step_dir, checksums.CHECKSUMS)
+  return state, None
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
-            data_iter: Optional[grain.DatasetIterator] = None, step: Optional[int] = None):
-  """Restores onto the shardings carried by `abstract_state` (any mesh).
+            data_iter: Optional[grain.DatasetIterator] = None):
+  """Restores the newest usable step onto the shardings carried by `abstract_state`.
+
+  A step whose checksums do not match, that does not restore, or whose arrays are not finite
+  is moved aside (STEP.corrupt) with a warning, and the next older one is tried.
 
   Args:
     manager: the checkpoint manager.
     abstract_state: a tree of jax.ShapeDtypeStruct with `sharding` set for the current mesh.
     data_iter: if given, its position is restored in place.
-    step: which step (default: the latest).
 
   Returns:
     (step, state) or (None, None) when there is no checkpoint.
+
+  Raises:
+    ValueError: there are checkpoints but none is usable (naming each and why).
   """
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    return None, None
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  return step, restored["state"]
+  tried = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    state, problem = _restore_one(manager, step, abstract_state, data_iter)
+    if problem is None:
+      if tried:
+        logging.warning("Resuming from step %d, the newest usable checkpoint.", step)
+      return step, state
+    step_dir = os.path.join(str(manager.directory), str(step))
+    moved = _quarantine(step_dir)
+    logging.warning("checkpoint step %d is unusable: %s; moved it to %s and trying an older "
+                    "step", step, problem, moved)
+    tried.append(f"step {step}: {problem}")
+    manager.reload()
+  if tried:
+    raise ValueError(f"{manager.directory}: no usable checkpoint ({'; '.join(tried)}); the "
+                     f"bad steps were moved to *{CORRUPT_SUFFIX}, nothing was deleted")
+  return None, None
 
 
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:

@@ -13,10 +13,12 @@ import json
 import os
 from typing import Any, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from avflow_jax.core import checksums
 from avflow_jax.core import files
 from avflow_jax.core.errors import AvatarError
 
@@ -107,6 +109,13 @@ def load_params(workdir: str, which: str = "ema", sharding=None,
     step, path = latest_checkpoint_dir(workdir)
   except AvatarError as e:
     raise AvatarError(f"{what}: {e}") from e
+  good, skipped = checksums.newest_verified_step(checkpoint_root(workdir),
+                                                     checkpoint_steps(workdir))
+  if skipped:
+    if good is None:
+      raise AvatarError(f"{what}: no intact checkpoint ({'; '.join(skipped)})")
+    logging.warning("%s: using step %d; skipped %s", what, good, "; ".join(skipped))
+    step, path = good, os.path.join(checkpoint_root(workdir), str(good))
   try:
     checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(os.path.join(path, "state")).item_metadata.tree
@@ -128,4 +137,7 @@ def load_params(workdir: str, which: str = "ema", sharding=None,
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise AvatarError(f"{what}: cannot read the checkpoint under {checkpoint_root(workdir)} "
                       f"({msg[:300]})") from e
+  if not checksums.finite_params(restored[which]):
+    raise AvatarError(f"{what}: {path}: the {which!r} weights contain NaN/inf (the run "
+                      "diverged or the file is damaged); use an earlier checkpoint")
   return step, restored[which]

@@ -4,6 +4,7 @@ Every message names the config field, so a typo costs seconds, not a failed comp
 """
 
 import math
+import os
 
 import jax.numpy as jnp
 
@@ -119,3 +120,61 @@ def _validate_av_model(m) -> None:
     _fail("model.dtype", f"{m.dtype!r} is not a dtype (use 'float32' or 'bfloat16')")
   if m.dtype not in ("float32", "bfloat16"):
     _fail("model.dtype", f"{m.dtype!r}: use 'float32' or 'bfloat16'")
+
+
+# Fields a resumed run must keep: they decide the parameters' shapes or what was trained and
+# frozen (the head VAE under an AV model). Others (lr, steps, dtype, windows, ...) may change.
+_FROZEN = {
+    "av": ("model.d_model", "model.num_layers", "model.hidden_dim", "model.num_heads",
+           "model.fusion", "data.participant", "head_vae"),
+    "head_vae": ("vae",),
+    "text_to_tokens": ("model",),
+}
+# Inside a frozen subtree, keys that do not change what was trained.
+_FREE_KEYS = ("dtype", "remat", "workdir")
+
+
+def _plain(value):
+  """A JSON-comparable copy (ConfigDicts -> dicts, tuples -> lists)."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items() if k not in _FREE_KEYS}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def check_resume(saved, config, path: str) -> None:
+  """Refuses a config that changes what the checkpoints in a workdir were trained with.
+
+  Args:
+    saved: the workdir's config.json (as a ConfigDict).
+    config: the new config.
+    path: the saved config's path (for the message).
+
+  Raises:
+    ValueError: naming the field, the new value and the saved one.
+  """
+  how = (f"the value this workdir's checkpoints were trained with ({path}); resume with it or "
+         "train into a new --workdir")
+  if saved.get("task") != config.task:
+    _fail("task", f"{config.task!r} differs from {saved.get('task')!r}, {how}")
+  for field in _FROZEN.get(config.task, ()):
+    try:
+      old = _plain(_get(saved, field))
+    except (KeyError, AttributeError):
+      continue  # Saved by a version without this field.
+    new = _plain(_get(config, field))
+    if old == new:
+      continue
+    if isinstance(old, dict) and isinstance(new, dict):
+      for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+          _fail(f"{field}.{key}", f"{new.get(key)!r} differs from {old.get(key)!r}, {how}")
+    _fail(field, f"{new!r} differs from {old!r}, {how}")
+  # An explicitly given head-VAE workdir must be the one the AV model was trained on.
+  if config.task == "av" and config.head_vae.workdir:
+    old = saved.get("head_vae", {}).get("workdir")
+    if old and os.path.abspath(os.path.expanduser(config.head_vae.workdir)) != old:
+      _fail("head_vae.workdir", f"{config.head_vae.workdir!r} differs from {old!r}, {how}")

@@ -7,10 +7,12 @@ validation, checkpoints, and a synchronised save-and-exit on preemption. The com
 `python -m avflow_jax.train`.
 """
 
+import contextlib
+import dataclasses
 import os
 import signal
-import threading
 import time
+from typing import Any
 
 from absl import logging
 import flax.linen as nn
@@ -20,6 +22,7 @@ import numpy as np
 import optax
 
 from avflow_jax.core import checkpointing
+from avflow_jax.core import locks
 from avflow_jax.core import metric_writer
 from avflow_jax.core import run_dir
 from avflow_jax.core import sharding
@@ -29,35 +32,11 @@ from avflow_jax.models import head_vae
 from avflow_jax.training import config_validation
 from avflow_jax.training import head_vae_recipe
 from avflow_jax.training import optim
+from avflow_jax.training import stopping
 from avflow_jax.training import task as task_lib
 from avflow_jax.training import tasks
 
-
-class Preempted(Exception):
-  """Raised after the preemption checkpoint is written."""
-
-
-class _SigtermFlag:
-  """Records SIGTERM in single-process runs (multi-process runs use JAX's sync point)."""
-
-  def __init__(self):
-    self.received = False
-    self._previous = None
-
-  def install(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def uninstall(self):
-    """Restores the handler that was there before (train may be called as a library)."""
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: checkpointing at the end of this step.")
-    self.received = True
+Preempted = stopping.Preempted  # Re-exported: what callers catch.
 
 
 def resolve_data_dir(config) -> str:
@@ -213,7 +192,15 @@ def _log_metrics(writer, step: int, num_steps: int, metrics: dict, rate: float,
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-  """Runs (or resumes) training; returns the last logged metrics."""
+  """Runs (or resumes) training; returns the last logged metrics.
+
+  Holds the workdir's lock (process 0) for the whole run, so a second process on the same
+  workdir stops at once with one line instead of corrupting the first one's files.
+
+  Raises:
+    Preempted: after the checkpoint of a SIGTERM (or SIGINT) was saved.
+    ValueError / FileNotFoundError / locks.LockedError: bad config, data or workdir (one line).
+  """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if config.compilation_cache_dir:
     # Restarts (and the second process of a run) reuse compiled programs instead of recompiling.
@@ -223,34 +210,63 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   logging.info("Process %d/%d: %d local devices, %d global (%s); workdir %s",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform, workdir)
+  lock = (locks.hold(workdir, "--workdir", logging.warning) if jax.process_index() == 0
+          else contextlib.nullcontext())
+  stop = stopping.StopFlag()
+  with lock:
+    if jax.process_count() == 1:
+      stop.install()  # Before data and compilation: a Ctrl-C there still saves nothing half.
+    try:
+      return _train(_set_up(config, workdir), stop)
+    finally:
+      stop.uninstall()
 
-  # ---- Data and config checks (before anything compiles) ---------------------------------
+
+@dataclasses.dataclass
+class _Run:
+  """Everything the loop needs, built by `_set_up`."""
+  config: Any
+  workdir: str
+  manifest: dict
+  mesh: Any
+  task: task_lib.Task
+  manager: Any
+  state: Any
+  start_step: int
+  train_iter: Any
+  train_step: Any
+  eval_step: Any
+
+
+def _check_resume(config, workdir: str) -> None:
+  """A workdir with checkpoints keeps the fields its checkpoints were trained with."""
+  if run_dir.latest_step(workdir) is None or not run_dir.has_run_config(workdir):
+    return
+  path = os.path.join(workdir, run_dir.RUN_CONFIG)
+  config_validation.check_resume(run_dir.read_run_config(workdir), config, path)
+
+
+def _set_up(config, workdir: str) -> _Run:
+  """Checks, the mesh, the task, the sharded state (restored if possible), the compiled steps."""
   data_dir = resolve_data_dir(config)
   manifest = manifest_lib.load_manifest(data_dir)
   config_validation.validate(config, manifest, jax.device_count(), jax.process_count())
-
+  _check_resume(config, workdir)
   run_dir.save_run_config(config, workdir, data_dir)
 
-  # ---- Mesh -------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   logging.info("Mesh: %s", dict(mesh.shape))
-
-  # ---- Task, optimiser and the sharded train state ------------------------------------------
   task = build_task(config, manifest, data_dir, workdir)
   tx, schedule = optim.make_optimizer(config)
-
   init_rng = jax.random.PRNGKey(config.seed)
   init_fn, state_sharding, abstract_state = make_train_state(task, tx, mesh, init_rng,
                                                              config.mesh.rules)
   num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
   logging.info("Task %s: %s parameters.", task.name, f"{num_params:,}")
 
-  # ---- Input pipeline ---------------------------------------------------------------------
   rows = rows_lib.process_rows(config.batch_size, sharding.batch_sharding(mesh))
-  train_ds = task.make_dataset(config.data.train_split, config.seed, rows)
-  train_iter = iter(train_ds)
+  train_iter = iter(task.make_dataset(config.data.train_split, config.seed, rows))
 
-  # ---- Restore or initialise --------------------------------------------------------------
   manager = checkpointing.make_manager(
       os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
       async_save=config.async_checkpointing, save_interval=config.ckpt_every)
@@ -258,32 +274,31 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       manager, checkpointing.abstract_with_shardings(abstract_state, state_sharding),
       train_iter)
   if state is None:
-    start_step = 0
-    state = init_fn(init_rng)
+    start_step, state = 0, init_fn(init_rng)
   else:
     logging.info("Resumed from step %d.", start_step)
-
-  # ---- Compiled steps ---------------------------------------------------------------------
   train_step, eval_step = jit_steps(task, tx, schedule, config, mesh, state_sharding)
+  return _Run(config, workdir, manifest, mesh, task, manager, state, start_step, train_iter,
+              train_step, eval_step)
 
-  writer = metric_writer.MetricWriter(os.path.join(workdir, "tensorboard"),
+
+def _train(run: _Run, stop: stopping.StopFlag) -> dict[str, float]:
+  """The train loop: steps, logs, validation, checkpoints, and the save on a stop signal."""
+  config, mesh, manager, train_iter = run.config, run.mesh, run.manager, run.train_iter
+  state, step = run.state, run.start_step
+  writer = metric_writer.MetricWriter(os.path.join(run.workdir, "tensorboard"),
                                       enabled=jax.process_index() == 0,
-                                      jsonl_path=os.path.join(workdir, "metrics.jsonl"))
-  sigterm = _SigtermFlag()
-  if jax.process_count() == 1:
-    sigterm.install()
-
-  # ---- Train loop -------------------------------------------------------------------------
-  frames_per_step = config.batch_size * task.frames_per_example
+                                      jsonl_path=os.path.join(run.workdir, "metrics.jsonl"))
+  frames_per_step = config.batch_size * run.task.frames_per_example
   last_metrics: dict[str, float] = {}
   pending = None  # (step, metrics) of the previous step, checked once the next is dispatched.
-  t_log, step_log = time.time(), start_step
-  step = start_step
-  with metric_writer.progress(start_step, config.num_steps) as bar, _restoring(sigterm):
+  unsealed: list[int] = []  # Saved steps whose checksums are written once orbax commits them.
+  t_log, step_log = time.time(), step
+  with metric_writer.progress(step, config.num_steps) as bar:
     while step < config.num_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.global_batch(next(train_iter), mesh)
-        state, metrics = train_step(state, batch)
+        state, metrics = run.train_step(state, batch)
       if pending is not None:
         _check_finite(jax.device_get(pending[1]), pending[0])
       pending = (step, metrics)
@@ -297,43 +312,34 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         t_log, step_log = time.time(), step
 
       if config.eval_every and step % config.eval_every == 0:
-        val = evaluate_loss(eval_step, state["params"], task, config, mesh, manifest)
+        val = evaluate_loss(run.eval_step, state["params"], run.task, config, mesh,
+                            run.manifest)
         if val:
           writer.scalars(step, {"val_" + k: v for k, v in val.items()})
           logging.info("step %d validation: %s", step,
                        " ".join(f"{k}={v:.4f}" for k, v in val.items()))
 
-      preempted = sigterm.received
+      preempted = stop.received
       if jax.process_count() > 1:
         preempted = manager.reached_preemption(step)
       if step % config.ckpt_every == 0 or step == config.num_steps or preempted:
         _check_finite(jax.device_get(metrics), step - 1)
         pending = None
-        checkpointing.save(manager, step, state, train_iter, force=True)
+        checkpointing.seal(manager, unsealed)  # The previous save is long committed.
+        if checkpointing.save(manager, step, state, train_iter, force=True):
+          unsealed.append(step)
       if preempted:
-        manager.wait_until_finished()
+        checkpointing.seal(manager, unsealed)
         writer.close()
-        logging.warning("Preempted at step %d: checkpoint saved; exiting.", step)
-        raise Preempted(step)
+        interrupted = stop.signum == signal.SIGINT
+        logging.warning("%s at step %d: checkpoint saved; exiting.",
+                        "Interrupted" if interrupted else "Preempted", step)
+        raise Preempted(step, interrupted)
 
-  manager.wait_until_finished()
+  checkpointing.seal(manager, unsealed)
   manager.close()
   writer.close()
   return last_metrics
-
-
-class _restoring:
-  """Context manager that uninstalls the SIGTERM flag on the way out."""
-
-  def __init__(self, flag):
-    self.flag = flag
-
-  def __enter__(self):
-    return self.flag
-
-  def __exit__(self, *exc):
-    self.flag.uninstall()
-    return False
 
 
 def evaluate_loss(eval_step, params, task, config, mesh, manifest) -> dict[str, float]:

@@ -24,7 +24,7 @@ def _write_checkpoint(workdir: str, params) -> None:
                                        async_save=False)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params}
   checkpointing.save(manager, 0, state, force=True)
-  manager.wait_until_finished()
+  checkpointing.seal(manager, [0])
   manager.close()
 
 

@@ -162,6 +162,46 @@ def test_sigterm_saves_and_exits_75_then_resumes(setup, reference):
   _assert_same_run(workdir, reference, saved)
 
 
+def test_ctrl_c_saves_and_exits_130_without_a_traceback_then_resumes(setup, reference):
+  workdir = str(setup["base"] / "sigint")
+  proc = subprocess.Popen(_cmd(setup, workdir, 10), cwd=ROOT, env=_env(4),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  assert _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")) and
+                   max(_losses(workdir), default=0) >= 4, proc)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err and "Interrupted at step" in err
+  saved = run_dir.latest_checkpoint_dir(workdir)[0]
+  assert saved >= 4
+  proc = _run(_cmd(setup, workdir, 10))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _assert_same_run(workdir, reference, saved)
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_trains_the_same_run(setup, reference):
+  """Flipped bytes in the newest step: moved aside with a warning; resumed from the one before."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(setup["base"] / "corrupt")
+  shutil.copytree(reference, workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "10")
+  victim = max((os.path.join(r, n) for r, _, ns in os.walk(step_dir) for n in ns
+                if n != "avflow_checksums.json"), key=os.path.getsize)
+  with open(victim, "r+b") as f:
+    f.seek(-9, os.SEEK_END)
+    b = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([b[0] ^ 0xFF]))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w"):
+    pass  # Only the resumed steps are compared.
+  proc = _run(_cmd(setup, workdir, 10))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "checkpoint step 10 is unusable" in proc.stderr and "checksum" in proc.stderr
+  assert _resumed_from(proc.stderr) == 9
+  assert os.path.isdir(step_dir + ".corrupt")  # Kept, not deleted.
+  _assert_same_run(workdir, reference, 9)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -1,6 +1,7 @@
 """Config checks: one line naming the field, before anything compiles or touches a workdir."""
 
 import math
+import os
 
 import pytest
 
@@ -64,3 +65,64 @@ def test_checkpoint_manager_refuses_to_keep_nothing(tmp_path, keep):
   with pytest.raises(ValueError, match="keep_checkpoints"):
     checkpointing.make_manager(str(tmp_path / "ckpt"), keep=keep)
   assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("model__d_model", 48, "config.model.d_model: 48 differs from 32"),
+    ("head_vae__steps", 7, "config.head_vae.steps: 7 differs from"),
+    ("head_vae__kld_weight", 0.5, "config.head_vae.kld_weight: 0.5 differs from"),
+])
+def test_resume_refuses_changes_to_what_was_trained(tiny_shards, tmp_path, field, value,
+                                                    needle):
+  """A workdir with checkpoints refuses a new model shape or head VAE before anything runs."""
+  from avflow_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from avflow_jax.training import random_init  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.dir = tiny_shards
+  workdir = random_init.init_workdir(config, str(tmp_path / "run"), tiny_shards)
+  saved = (tmp_path / "run" / "config.json").read_text()
+  assert config.model.d_model == 32
+  node = config
+  *path, last = field.split("__")
+  for p in path:
+    node = node[p]
+  node[last] = value
+  with pytest.raises(ValueError, match=needle + ".*resume with it or train into a new"):
+    loop.train_and_evaluate(config, workdir)
+  assert (tmp_path / "run" / "config.json").read_text() == saved  # Nothing overwritten.
+
+
+def test_resume_refuses_another_task_or_listener():
+  saved = tiny.get_config()
+  new = tiny.get_config()
+  new.data.participant = True
+  with pytest.raises(ValueError, match="config.data.participant: True differs from False"):
+    config_validation.check_resume(saved, new, "config.json")
+  new = tiny.get_config()
+  new.task = "text_to_tokens"
+  with pytest.raises(ValueError, match="config.task: 'text_to_tokens' differs from 'av'"):
+    config_validation.check_resume(saved, new, "config.json")
+
+
+def test_resume_allows_what_does_not_change_the_parameters():
+  saved, new = tiny.get_config(), tiny.get_config()
+  new.optim.lr, new.num_steps, new.model.dtype, new.model.remat = 1e-5, 99, "bfloat16", True
+  config_validation.check_resume(saved, new, "config.json")
+
+
+def test_misspelt_config_field_is_one_line_with_the_closest_name():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  for flag, want in (("--config.modle.d_model=3",
+                      "error: --config.modle.d_model: the config has no field 'modle'; did "
+                      "you mean 'model'?"),
+                     ("--config.model.d_modle=3",
+                      "error: --config.model.d_modle: the config has no field 'd_modle'; did "
+                      "you mean 'd_model'?")):
+    proc = subprocess.run([sys.executable, "-m", "avflow_jax.train", "--config",
+                           "configs/tiny.py", flag, "--workdir", "/nonexistent/x"],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__)))))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == want
