@@ -317,7 +317,9 @@ class JitterRatio:
   def _ratio(s_gen, n_gen, s_gt, n_gt, gt_frames) -> float:
     if not n_gen or not n_gt or gt_frames.shape[0] < 2:
       return float("nan")
-    scale = 1.0 / np.maximum(gt_frames.std(0), 1e-8)
+    std = gt_frames.std(0)
+    # A channel the ground truth barely moves in this clip must not blow the ratio up.
+    scale = 1.0 / np.maximum(std, max(0.01 * float(np.median(std)), 1e-8))
     den = float((s_gt / n_gt * scale).sum())
     return float((s_gen / n_gen * scale).sum() / den) if den > 0 else float("nan")
 

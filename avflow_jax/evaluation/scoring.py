@@ -73,6 +73,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
   p.add_argument("--oracle", action="store_true",
                  help="score the ground-truth mel/codes/head instead of samples (upper bound)")
+  p.add_argument("--temperature", type=float, default=1.0,
+                 help="scale of the sampler's initial noise (1 = the trained distribution)")
   p.add_argument("--no-wer", action="store_true",
                  help="skip the speech recogniser (WER; its rows take most of the time)")
   return p
@@ -81,6 +83,8 @@ def make_parser() -> argparse.ArgumentParser:
 def check_arguments(args) -> None:
   """Checks that need no model."""
   common.check_scoring_arguments(args)
+  if not math.isfinite(args.temperature) or args.temperature < 0:
+    raise InputError(f"--temperature {args.temperature}: must be a finite number >= 0")
   if not math.isfinite(args.max_seconds) or args.max_seconds < 0:
     raise InputError(f"--max-seconds {args.max_seconds}: must be a finite number >= 0")
   if args.vocoder_weights and not os.path.isfile(args.vocoder_weights):
@@ -236,7 +240,8 @@ def evaluate(args, log=print) -> dict[str, Any]:
       gen = {"mel": rec["mel"], "face": rec["face"], "head": rec["head"]}
     else:
       out = avatar.sample_motion(rec["tokens"], seed=args.seed + i, num_steps=args.steps,
-                                 participant=rec["participant"])
+                                 participant=rec["participant"],
+                                 temperature=args.temperature)
       gen = {k: out[k][0] for k in ("mel", "face", "head")}
     t1 = time.perf_counter()
     gen_audio = avatar.vocode(gen["mel"])
@@ -280,6 +285,7 @@ def evaluate(args, log=print) -> dict[str, Any]:
       "reference": reference,
       "config": {
           "oracle": bool(args.oracle), "which": args.which, "num_steps": args.steps,
+          "temperature": args.temperature,
           "recogniser": "pocketsphinx en-us" if recognizer is not None else None,
           "seed": args.seed, "max_seconds": args.max_seconds, "max_clips": args.max_clips,
           "vocoder": avatar.vocoder.name, "face_decoder": loaded.manifest.get("face_decoder"),
