@@ -50,7 +50,7 @@ def dense_attention(q, k, v, *, window=None, lengths=None):
 
   Args:
     q, k, v: (B, T, H, D).
-    window: None for unbounded, else (left, right).
+    window: None for unbounded, else (left, right); a negative side is unbounded.
     lengths: optional (B,) number of valid frames; keys at or beyond it are masked.
 
   Returns:
@@ -64,7 +64,10 @@ def dense_attention(q, k, v, *, window=None, lengths=None):
   mask = jnp.ones((t, t), bool)
   if window is not None:
     left, right = window
-    mask = (j >= i - left) & (j <= i + right)
+    if left >= 0:
+      mask = mask & (j >= i - left)
+    if right >= 0:
+      mask = mask & (j <= i + right)
   mask = jnp.broadcast_to(mask, (b, 1, t, t))
   if lengths is not None:
     mask = mask & (jnp.arange(t)[None, None, None, :] < lengths[:, None, None, None])
@@ -130,7 +133,11 @@ def blocked_window_attention(q, k, v, *, window, lengths=None, block: int = 64):
 
 def windowed_attention(q, k, v, *, window: Optional[tuple[int, int]], lengths=None,
                        block: int = 64):
-  """Dispatches to blocked attention for finite windows, dense attention otherwise."""
+  """Dispatches to blocked attention for finite windows, dense attention otherwise.
+
+  A negative side is unbounded on that side only (as `layer_windows` documents and the official
+  model's None does): (-1, 0) is causal attention.
+  """
   if window is None or window[0] < 0 or window[1] < 0:
-    return dense_attention(q, k, v, window=None, lengths=lengths)
+    return dense_attention(q, k, v, window=window, lengths=lengths)
   return blocked_window_attention(q, k, v, window=tuple(window), lengths=lengths, block=block)

@@ -130,7 +130,8 @@ class AVFlowTransformer(nn.Module):
     visual_dim: face code dims + head latent dims (256 + 8).
     audio_dim: mel bands (80).
     d_model, hidden_dim, num_heads: tower width, feed-forward width, heads.
-    windows: one (left, right) per layer; None (or negative values) means unbounded.
+    windows: one (left, right) per layer; None means unbounded, a negative side is unbounded
+      on that side only.
     fusion: whether the highway fusion layers are used (the ablation switches it off).
     attention_block: query block size of the blocked windowed attention.
     dtype: compute dtype; parameters are always float32.
@@ -169,7 +170,7 @@ class AVFlowTransformer(nn.Module):
     temb = TimeEmbedding(d, self.dtype, name="time_embed")(t)
     block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
     for i, window in enumerate(self.windows):
-      window = None if window is None or min(window) < 0 else tuple(window)
+      window = None if window is None or max(window) < 0 else tuple(window)
       kw = dict(d_model=d, hidden_dim=self.hidden_dim, num_heads=self.num_heads,
                 window=window, block=self.attention_block, dtype=self.dtype)
       xv = block_cls(**kw, name=f"block_v_{i}")(xv, temb, lengths)

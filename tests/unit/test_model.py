@@ -142,3 +142,19 @@ def test_rotary_is_relative():
     return float((rq * rk).sum())
   assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
   assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+
+
+def test_negative_window_side_is_unbounded_on_that_side_only():
+  """(-1, 0) is causal attention, not full attention (the official None on one side)."""
+  ks = jax.random.split(jax.random.PRNGKey(5), 3)
+  q, k, v = (jax.random.normal(kk, (1, 20, 2, 8)) for kk in ks)
+  causal = attention.windowed_attention(q, k, v, window=(-1, 0))
+  v2 = v.at[:, 10:].add(100.0)  # Changing future frames must not change the past.
+  np.testing.assert_allclose(attention.windowed_attention(q, k, v2, window=(-1, 0))[:, :10],
+                             causal[:, :10], atol=1e-5)
+  full = attention.windowed_attention(q, k, v, window=None)
+  assert not np.allclose(causal[:, :10], full[:, :10], atol=1e-3)
+  # (2, -1): two frames back, everything ahead.
+  out = attention.windowed_attention(q, k, v.at[:, 0].add(100.0), window=(2, -1))
+  np.testing.assert_allclose(out[:, 5:], attention.windowed_attention(q, k, v, window=(2, -1))[:, 5:],
+                             atol=1e-5)
