@@ -1,12 +1,15 @@
 """`python -m data_prep`: raw corpus -> ArrayRecord shards + manifest.json.
 
-Stages: plan (list clips, splits, dataset options) -> process clips in a process pool into
-the per-clip cache (resumable) -> stats over the train split -> shards (atomic) ->
-manifest.json (atomic, last) -> summary.
+Stages, all under the output directory's lock: plan (list clips, splits, dataset options)
+-> process clips in a process pool into the per-clip cache (resumable) -> stats over the
+train split -> shards of a new generation (atomic, new names) -> manifest.json (atomic, the
+commit) -> delete the shards no manifest names -> summary. Output-side OS errors stop the
+run (data_prep/output.py); input-side ones skip the clip.
 """
 
 import argparse
 import collections
+import contextlib
 import json
 import multiprocessing
 import os
@@ -21,12 +24,14 @@ from tqdm import tqdm
 
 from avflow_jax.core import constants as C
 from avflow_jax.core import files
+from avflow_jax.core import locks
 from avflow_jax.core import records
 from avflow_jax.core.errors import BadInput
 from avflow_jax.core.errors import FatalError
 import data_prep
 from data_prep import cache as cache_lib
 from data_prep import clip as clip_lib
+from data_prep import output
 from data_prep import readers
 from data_prep import shards as shards_lib
 from data_prep import stats as stats_lib
@@ -71,16 +76,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def process_clip(job: tuple) -> dict:
-  """Worker: one clip -> cache entry. Returns {"name", "ok", "frames" | "reason", "kind"}."""
+  """Worker: one clip -> cache entry.
+
+  Returns:
+    {"name", "ok", "frames"} on success; {"name", "ok": False, "reason", "kind"} for a bad
+    clip (a skip); {"name", "ok": False, "output_error"} when the cache entry could not be
+    written (disk full, permission, ...), which stops the whole run.
+  """
   source_format, spec, options, asr_weights, cache_dir, key = job
   try:
     raw = readers.load_clip(source_format, spec, options)
     record, sums = clip_lib.build_record(raw, asr_weights, spec.files["audio"])
     data = records.encode_record(record)
     frames = int(record["mel"].shape[0])
-    cache_lib.ClipCache(cache_dir).put(key, data, {"name": spec.name, "frames": frames,
-                                                  "bytes": len(data), "sums": sums})
-    return {"name": spec.name, "ok": True, "frames": frames}
   except BadInput as e:
     return {"name": spec.name, "ok": False, "reason": str(e), "kind": e.kind}
   except Exception as e:  # pylint: disable=broad-except  (a bug must not lose a long run)
@@ -88,6 +96,14 @@ def process_clip(job: tuple) -> dict:
     return {"name": spec.name, "ok": False, "kind": "unexpected error",
             "reason": f"{spec.files.get('audio', spec.name)}: unexpected {type(e).__name__}: "
                       f"{e}\n{tb}"}
+  # The output side: a failure here is the disk's, not the clip's, so it is not a skip.
+  try:
+    cache_lib.ClipCache(cache_dir).put(key, data, {"name": spec.name, "frames": frames,
+                                                  "bytes": len(data), "sums": sums})
+  except OSError as e:
+    return {"name": spec.name, "ok": False,
+            "output_error": output.message(e, os.path.join(cache_dir, key))}
+  return {"name": spec.name, "ok": True, "frames": frames}
 
 
 def _ignore_sigint() -> None:
@@ -105,6 +121,8 @@ def _run_jobs(jobs: list, workers: int, strict: bool, progress: bool) -> tuple[l
   def handle(result):
     nonlocal audio_s
     bar.update(1)
+    if "output_error" in result:
+      raise output.OutputError(result["output_error"])
     if result["ok"]:
       done.append(result["name"])
       audio_s += result["frames"] / C.FRAME_RATE
@@ -140,12 +158,51 @@ def _run_jobs(jobs: list, workers: int, strict: bool, progress: bool) -> tuple[l
   return done, skipped
 
 
-def _load_old_manifest(path: str) -> dict:
+def _load_old_manifest(path: str) -> Optional[dict]:
+  """The current manifest; {} when there is none; None when it exists but cannot be read."""
+  if not os.path.exists(path):
+    return {}
   try:
     with open(path) as f:
-      return json.load(f)
+      manifest = json.load(f)
+    return manifest if isinstance(manifest, dict) else None
   except (OSError, ValueError):
-    return {}
+    return None
+
+
+def _named_shards(manifest: dict) -> set:
+  return {name for info in manifest.get("splits", {}).values()
+          for name in info.get("shards", [])}
+
+
+def _next_generation(directory: str, old: Optional[dict]) -> int:
+  """One past every generation in the manifest or on disk, so no existing file is reused."""
+  seen = [int((old or {}).get("prep", {}).get("generation", 0))]
+  seen += [g for g in map(shards_lib.shard_generation, os.listdir(directory)) if g is not None]
+  return max(seen) + 1
+
+
+def _reusable_shards(directory: str, old: dict) -> dict:
+  """{(split, index, count, clip keys): file} of the current manifest's shards on disk."""
+  old_keys = old.get("prep", {}).get("shard_keys", {})
+  out = {}
+  for split, info in old.get("splits", {}).items():
+    names = info.get("shards", [])
+    for i, fname in enumerate(names):
+      if fname in old_keys and os.path.exists(os.path.join(directory, fname)):
+        out[(split, i, len(names), tuple(old_keys[fname]))] = fname
+  return out
+
+
+def _remove(paths: list, why: str) -> None:
+  """Deletes files; a failure is a warning (what is left is unreferenced, not wrong)."""
+  for path in paths:
+    try:
+      os.remove(path)
+    except FileNotFoundError:
+      pass
+    except OSError as e:
+      print(f"warning: could not delete {why} {output.describe(e, path)}", file=sys.stderr)
 
 
 def _hours(frames: int) -> float:
@@ -170,16 +227,8 @@ def _summary_lines(summary: dict, skipped: list) -> list:
   return lines
 
 
-def prepare(args: argparse.Namespace) -> dict:
-  """Runs the whole preparation; returns the manifest written.
-
-  Raises:
-    FatalError: unusable layout/arguments, or a bad clip under --strict.
-  """
-  t0 = time.time()
-  progress = not args.no_progress
-  dataset = readers.plan(args.format, args.input, args)
-  skipped = [{"clip": c, "reason": r, "kind": k} for c, r, k in dataset.skipped]
+def _check_plan(dataset: readers.DatasetPlan, skipped: list, args) -> None:
+  """Fails before any work on --strict with skips, bad --asr-weights or missing tokens."""
   if args.strict and skipped:
     raise FatalError(f"--strict: {skipped[0]['reason']}")
   if args.asr_weights and not os.path.exists(args.asr_weights):
@@ -192,91 +241,99 @@ def prepare(args: argparse.Namespace) -> dict:
         "or <clip>.tokens.npy, depending on the layout); pass --asr-weights "
         "model.safetensors to compute them with the wav2vec2 port")
 
-  os.makedirs(args.output, exist_ok=True)
-  cache = cache_lib.ClipCache(os.path.join(args.output, ".cache"))
-  files.remove_partials(cache.directory)
-  files.remove_partials(args.output)
 
+def _clip_keys(dataset: readers.DatasetPlan, asr_weights: str) -> dict:
   keys = {}
   for spec in dataset.clips:
-    asr = args.asr_weights if "tokens" not in spec.files else ""
+    asr = asr_weights if "tokens" not in spec.files else ""
     fp = cache_lib.fingerprint(dataset.source_format, spec.name, spec.files, spec.extra,
                                dataset.options, asr)
     keys[spec.name] = cache_lib.clip_key(spec.name, fp)
-  todo = [s for s in dataset.clips if not cache.has(keys[s.name])]
-  jobs = [(dataset.source_format, s, dataset.options, args.asr_weights, cache.directory,
-           keys[s.name]) for s in todo]
-  _, run_skipped = _run_jobs(jobs, args.workers, args.strict, progress)
-  skipped.extend(run_skipped)
+  return keys
 
-  # Gather what is in the cache (this run's clips and earlier runs' alike).
+
+def _gather(dataset: readers.DatasetPlan, keys: dict, cache: cache_lib.ClipCache,
+            skipped: list) -> tuple[dict, stats_lib.RunningStats]:
+  """What is in the cache (this run's clips and earlier runs' alike), per split, + stats."""
   entries = {split: [] for split in SPLITS}
   running = stats_lib.RunningStats()
-  for spec in sorted(dataset.clips, key=lambda s: s.name):
-    key = keys[spec.name]
-    if not cache.has(key):
-      continue
-    meta = cache.meta(key)
-    entries[spec.split].append((spec.name, key, int(meta["frames"]), int(meta["bytes"])))
-    if spec.split == "train":
-      running.add(meta["sums"])
+  with output.writing(cache.directory, "read"):
+    for spec in sorted(dataset.clips, key=lambda s: s.name):
+      key = keys[spec.name]
+      if not cache.has(key):
+        continue
+      meta = cache.meta(key)
+      entries[spec.split].append((spec.name, key, int(meta["frames"]), int(meta["bytes"])))
+      if spec.split == "train":
+        running.add(meta["sums"])
   if not entries["train"]:
     raise FatalError("no clip of the train split was written (skipped: "
                      f"{len(skipped)}); nothing to compute the stats from")
+  return entries, running
 
-  old = _load_old_manifest(os.path.join(args.output, MANIFEST))
-  old_keys = old.get("prep", {}).get("shard_keys", {})
-  splits, shard_keys = {}, {}
-  written = reused = 0
-  total_records = sum(len(e) for e in entries.values())
-  bar = tqdm(total=total_records, unit="clip", desc="shards", disable=not progress,
-             dynamic_ncols=True)
+
+def _write_shards(args, entries: dict, cache: cache_lib.ClipCache, old: dict,
+                  new_files: list) -> tuple[dict, dict, int]:
+  """Writes this generation's shards; returns (splits, shard keys, shards written).
+
+  A shard whose clips (and position) are those of one of the current manifest's shards is
+  not rewritten: the new manifest names the existing file. Every file written is appended
+  to `new_files` as soon as it exists, so a failure later can delete the lot.
+  """
+  generation = _next_generation(args.output, old)
+  reusable = _reusable_shards(args.output, old)
+  splits, shard_keys, written = {}, {}, 0
+  bar = tqdm(total=sum(len(e) for e in entries.values()), unit="clip", desc="shards",
+             disable=args.no_progress, dynamic_ncols=True)
   try:
     for split in SPLITS:
       items = entries[split]
       n = shards_lib.num_shards(args.shards, len(items), sum(e[3] for e in items))
       names, clips = [], []
       for i, group in enumerate(shards_lib.assign(items, n)):
-        fname = shards_lib.shard_name(split, i, n)
-        names.append(fname)
         group_keys = [e[1] for e in group]
+        fname = reusable.get((split, i, n, tuple(group_keys)))
+        if fname is None:
+          fname = shards_lib.shard_name(split, i, n, generation)
+          path = os.path.join(args.output, fname)
+          with output.writing(path):
+            new_files.append(path)
+            shards_lib.write_shard(path, (cache.record(k) for k in group_keys),
+                                   on_record=lambda: bar.update(1))
+          written += 1
+        else:
+          bar.update(len(group))
+        names.append(fname)
         shard_keys[fname] = group_keys
         clips.extend({"name": e[0], "frames": e[2], "shard": i, "index": j}
                      for j, e in enumerate(group))
-        path = os.path.join(args.output, fname)
-        if old_keys.get(fname) == group_keys and os.path.exists(path):
-          reused += 1
-          bar.update(len(group))
-          continue
-        shards_lib.write_shard(path, (cache.record(k) for k in group_keys),
-                               on_record=lambda: bar.update(1))
-        written += 1
       splits[split] = {"shards": names, "clips": clips,
                        "hours": _hours(sum(e[2] for e in items))}
   finally:
     bar.close()
+  # A run that rewrote nothing leaves the dataset's generation as it was.
+  if not written:
+    generation = int(old.get("prep", {}).get("generation", 0))
+  return splits, {"generation": generation, "shard_keys": shard_keys}, written
 
-  face_decoder = None
-  if dataset.face_rig:
-    data = open(dataset.face_rig, "rb").read()
-    files.write_atomic(os.path.join(args.output, FACE_RIG_NAME), data, fsync=True)
-    face_decoder = FACE_RIG_NAME
 
-  kinds = collections.Counter(s["kind"] for s in skipped)
-  summary = {
-      "clips_written": {"train": len(entries["train"]), "val": len(entries["val"]),
-                        "total": total_records},
-      "hours": {"train": splits["train"]["hours"], "val": splits["val"]["hours"],
-                "total": splits["train"]["hours"] + splits["val"]["hours"]},
-      "clips_skipped": len(skipped),
-      "skipped_by_reason": dict(sorted(kinds.items())),
-      "processed_this_run": len(jobs),
-      "reused_from_cache": len(dataset.clips) - len(jobs),
-      "shards_written": written, "shards_reused": reused,
-      "wall_seconds": time.time() - t0,
-      "notes": list(dataset.notes),
-  }
-  manifest = {
+def _copy_face_rig(dataset: readers.DatasetPlan, directory: str) -> Optional[str]:
+  if not dataset.face_rig:
+    return None
+  try:
+    with open(dataset.face_rig, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise FatalError(f"{output.describe(e, dataset.face_rig)}: unreadable face rig") from e
+  path = os.path.join(directory, FACE_RIG_NAME)
+  with output.writing(path):
+    files.write_atomic(path, data, fsync=True)
+  return FACE_RIG_NAME
+
+
+def _manifest(dataset: readers.DatasetPlan, splits: dict, running, face_decoder, skipped: list,
+              summary: dict, prep: dict) -> dict:
+  return {
       "format_version": 1,
       "source_format": dataset.source_format,
       "frame_rate": C.FRAME_RATE, "sample_rate": C.SAMPLE_RATE, "hop_length": C.HOP_LENGTH,
@@ -290,13 +347,101 @@ def prepare(args: argparse.Namespace) -> dict:
       "skipped": [{"clip": s["clip"], "reason": s["reason"]} for s in skipped],
       "summary": summary,
       **dataset.extra_manifest,
-      "prep": {"version": data_prep.PREP_VERSION, "audio_int16_scale": 32768.0,
-               "shard_keys": shard_keys},
+      "prep": {"version": data_prep.PREP_VERSION, "audio_int16_scale": 32768.0, **prep},
   }
-  files.write_atomic(os.path.join(args.output, MANIFEST), json.dumps(manifest, indent=1),
-                     fsync=True)
-  for path in shards_lib.stale_shards(args.output, shard_keys):
-    os.remove(path)
+
+
+def _summary(dataset, entries: dict, splits: dict, skipped: list, jobs: list, written: int,
+             t0: float) -> dict:
+  kinds = collections.Counter(s["kind"] for s in skipped)
+  total_shards = sum(len(v["shards"]) for v in splits.values())
+  return {
+      "clips_written": {"train": len(entries["train"]), "val": len(entries["val"]),
+                        "total": len(entries["train"]) + len(entries["val"])},
+      "hours": {"train": splits["train"]["hours"], "val": splits["val"]["hours"],
+                "total": splits["train"]["hours"] + splits["val"]["hours"]},
+      "clips_skipped": len(skipped),
+      "skipped_by_reason": dict(sorted(kinds.items())),
+      "processed_this_run": len(jobs),
+      "reused_from_cache": len(dataset.clips) - len(jobs),
+      "shards_written": written, "shards_reused": total_shards - written,
+      "wall_seconds": time.time() - t0,
+      "notes": list(dataset.notes),
+  }
+
+
+def _open_output(directory: str, old: Optional[dict]) -> cache_lib.ClipCache:
+  """The cache, with what killed runs left behind removed (the lock is held)."""
+  with output.writing(directory):
+    cache = cache_lib.ClipCache(os.path.join(directory, ".cache"))
+    files.remove_partials(cache.directory)
+    files.remove_partials(directory)
+  if old is not None:
+    # Shards of a generation that never got its manifest (a run killed mid-rewrite): no
+    # reader can be using them. With an unreadable manifest nothing is deleted here.
+    _remove(shards_lib.stale_shards(directory, _named_shards(old)),
+            "the unreferenced shard")
+  return cache
+
+
+def prepare(args: argparse.Namespace) -> dict:
+  """Runs the whole preparation, holding the output directory's lock; returns the manifest.
+
+  Raises:
+    FatalError: unusable layout/arguments, or a bad clip under --strict.
+    output.OutputError: --output is a file, or writing it failed (disk full, permission...).
+    locks.LockedError: another live run holds --output.
+  """
+  output.check_directory(args.output)
+  with contextlib.ExitStack() as stack:
+    with output.writing(os.path.join(args.output, locks.LOCK_NAME)):
+      stack.enter_context(locks.hold(args.output, "--output",
+                                     lambda m: print(m, file=sys.stderr)))
+    return _prepare_locked(args)
+
+
+def _prepare_locked(args: argparse.Namespace) -> dict:
+  t0 = time.time()
+  dataset = readers.plan(args.format, args.input, args)
+  skipped = [{"clip": c, "reason": r, "kind": k} for c, r, k in dataset.skipped]
+  _check_plan(dataset, skipped, args)
+  manifest_path = os.path.join(args.output, MANIFEST)
+  old = _load_old_manifest(manifest_path)
+  cache = _open_output(args.output, old)
+
+  keys = _clip_keys(dataset, args.asr_weights)
+  jobs = [(dataset.source_format, s, dataset.options, args.asr_weights, cache.directory,
+           keys[s.name]) for s in dataset.clips if not cache.has(keys[s.name])]
+  try:
+    _, run_skipped = _run_jobs(jobs, args.workers, args.strict, not args.no_progress)
+  finally:
+    # Workers stopped mid-write (a full disk, Ctrl-C, --strict) are joined, so dead: their
+    # temporaries go now rather than at the next run.
+    try:
+      files.remove_partials(cache.directory)
+    except OSError:
+      pass  # Best effort: the next run removes them too.
+  skipped.extend(run_skipped)
+  entries, running = _gather(dataset, keys, cache, skipped)
+
+  new_files = []
+  try:
+    splits, prep, written = _write_shards(args, entries, cache, old or {}, new_files)
+    face_decoder = _copy_face_rig(dataset, args.output)
+    summary = _summary(dataset, entries, splits, skipped, jobs, written, t0)
+    manifest = _manifest(dataset, splits, running, face_decoder, skipped, summary, prep)
+    with output.writing(manifest_path):
+      files.fsync_directory(args.output)  # The shards' names are on disk before the commit.
+      # The commit: readers switch from the old generation to the new one here.
+      files.write_atomic(manifest_path, json.dumps(manifest, indent=1), fsync=True)
+  except BaseException:
+    _remove(new_files, "the unfinished generation's shard")
+    raise
+  try:
+    files.fsync_directory(args.output)
+  except OSError as e:  # Committed already: the rename is done, only its flush failed.
+    print(f"warning: could not flush {output.describe(e, args.output)}", file=sys.stderr)
+  _remove(shards_lib.stale_shards(args.output, prep["shard_keys"]), "the replaced shard")
   if args.drop_cache:
     shutil.rmtree(cache.directory, ignore_errors=True)
   for line in _summary_lines(summary, skipped):
@@ -305,13 +450,16 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Command-line entry point; returns the exit status."""
+  """Command-line entry point; returns the exit status (docs/data_prep.md lists them)."""
   args = parse_args(argv)
   try:
     prepare(args)
   except FatalError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except (output.OutputError, locks.LockedError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return output.EXIT_OUTPUT
   except KeyboardInterrupt:
     print("interrupted: finished clips are cached in "
           f"{os.path.join(args.output, '.cache')}; rerun the same command to resume",

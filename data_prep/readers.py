@@ -29,7 +29,7 @@ FORMATS = ("audio2photoreal", "avflow50h", "generic", "ljspeech")
 TOKEN_DIR = "wav2vec2_fairseq_base_ls960_asr_ls960_vad100"
 SMIRK_DIR = os.path.join("participant", "camera01", "smirk_outputs")
 FACE_RIG = os.path.join("demo_rig", "face_rig.npz")
-A2P_AUDIO_RATE = 48000
+A2P_AUDIO_RATE = 48000  # audio2photoreal and avflow50h wavs (docs/data_prep.md).
 _DATE = re.compile(r"^(\d{8})_")
 
 
@@ -200,8 +200,13 @@ def _transcript(path: str, speaker: str = "actor") -> tuple[str, list]:
   return text, [(t, s, e) for s, e, t in utts]
 
 
-def _stereo(path: str) -> tuple[np.ndarray, int]:
+def _stereo(path: str, rate: Optional[int] = None) -> tuple[np.ndarray, int]:
+  """A 2-channel wav; with `rate`, any other sample rate is refused (BadInput)."""
   audio, sr = audio_lib.read_wav(path, channels=(2,))
+  # A layout documented at 48 kHz that delivers another rate is a wrong or badly converted
+  # file (8 kHz telephone audio has nothing above 4 kHz, a third of the mel's bands).
+  if rate is not None and sr != rate:
+    raise BadInput(f"{path}: sample rate {sr} Hz, expected {rate}", "wrong sample rate")
   return audio, sr
 
 
@@ -239,7 +244,7 @@ def plan_audio2photoreal(root: str, args) -> DatasetPlan:
 def load_audio2photoreal(spec: ClipSpec, options: dict) -> RawClip:
   del options
   f = spec.files
-  stereo, sr = _stereo(f["audio"])
+  stereo, sr = _stereo(f["audio"], A2P_AUDIO_RATE)
   seconds = stereo.shape[0] / sr
   pose = load_array(f["pose"], ndim=2, last=104)
   face = load_array(f["face"], ndim=2, last=C.FACE_DIM)
@@ -383,7 +388,7 @@ def minmax_normalise(x: np.ndarray, lo: Sequence[float], hi: Sequence[float]) ->
 
 def load_avflow50h(spec: ClipSpec, options: dict) -> RawClip:
   f = spec.files
-  stereo, sr = _stereo(f["audio"])
+  stereo, sr = _stereo(f["audio"], A2P_AUDIO_RATE)
   seconds = stereo.shape[0] / sr
   face = load_array(f["face"], ndim=2, last=C.FACE_DIM)
   align.check_duration(f["face"], face.shape[0], C.VIDEO_FPS, seconds)
@@ -430,6 +435,17 @@ def _read_layout(root: str) -> dict:
     raise FatalError(f"{path}: unreadable ({e})") from e
   if not isinstance(layout, dict):
     raise FatalError(f"{path}: expected a JSON object")
+  if "fps" in layout:
+    fps = layout["fps"]
+    # bool is an int to Python; NaN and inf are valid JSON to json.load.
+    if (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
+        or fps <= 0):
+      raise FatalError(f"{path}: field 'fps' is {fps!r}, expected a positive number of frames "
+                       "per second")
+  if "head_dim" in layout:
+    dim = layout["head_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim not in GENERIC_HEAD_KINDS:
+      raise FatalError(f"{path}: field 'head_dim' is {dim!r}, expected 7 or 4")
   return layout
 
 
@@ -468,8 +484,6 @@ def plan_generic(root: str, args) -> DatasetPlan:
     if not heads:
       raise FatalError(f"{root}: face files but no <clip>.head.npy")
     head_dim = int(layout.get("head_dim", 0)) or _generic_head_dim(heads[0])
-    if head_dim not in GENERIC_HEAD_KINDS:
-      raise FatalError(f"{root}/layout.json: head_dim {head_dim}, expected 7 or 4")
   splits, excluded = _split_names(root, names, args)
   clips = []
   for n in names:

@@ -1,21 +1,45 @@
-"""ArrayRecord shard writing: one clip per record, complete files only under final names."""
+"""ArrayRecord shard writing: one clip per record, complete files only under final names.
+
+A run writes its shards as a new generation, `<split>-g<G>-<i>-of-<n>.array_record`, so it
+never overwrites a file the current manifest.json names: until the new manifest is renamed
+into place a reader sees the old dataset whole, and after it the new one. Files of older
+generations (and unprefixed `<split>-<i>-of-<n>` files of earlier versions) are deleted only
+once no manifest names them.
+"""
 
 import os
 import re
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
 from avflow_jax.core import files
 
 SHARD_OPTIONS = "group_size:1"
-SHARD_PATTERN = re.compile(r"^(train|val)-\d{5}-of-\d{5}\.array_record$")
+SHARD_PATTERN = re.compile(r"^(train|val)-(?:g(\d{4,})-)?\d{5}-of-\d{5}\.array_record$")
 TARGET_SHARD_BYTES = 256 << 20
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-  """`<split>-<i:05d>-of-<n:05d>.array_record`."""
-  return f"{split}-{index:05d}-of-{count:05d}.array_record"
+class ShardWriteError(OSError):
+  """ArrayRecord could not write a shard (it reports I/O failures as RuntimeError)."""
+
+
+def shard_name(split: str, index: int, count: int, generation: Optional[int] = None) -> str:
+  """`<split>-g<generation:04d>-<i:05d>-of-<n:05d>.array_record` (no `g` part without one)."""
+  gen = "" if generation is None else f"g{generation:04d}-"
+  return f"{split}-{gen}{index:05d}-of-{count:05d}.array_record"
+
+
+def shard_split(name: str) -> Optional[str]:
+  """The split a shard file name belongs to, or None when it is not a shard name."""
+  m = SHARD_PATTERN.match(os.path.basename(name))
+  return m.group(1) if m else None
+
+
+def shard_generation(name: str) -> Optional[int]:
+  """The generation in a shard file name; None for other names and unprefixed shards."""
+  m = SHARD_PATTERN.match(os.path.basename(name))
+  return int(m.group(2)) if m and m.group(2) else None
 
 
 def num_shards(requested: int, num_clips: int, total_bytes: int) -> int:
@@ -36,23 +60,33 @@ def assign(items: Sequence, count: int) -> list:
 
 def write_shard(path: str, records: Iterable[bytes],
                 on_record: Callable[[], None] = lambda: None) -> int:
-  """Writes records to `path` atomically (temporary name, then rename); returns the count."""
+  """Writes records to `path` atomically (temporary name, then rename); returns the count.
+
+  Raises:
+    ShardWriteError: ArrayRecord failed to write (its RuntimeError carries the OS's text,
+      e.g. "No space left on device"); the temporary is removed.
+  """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   n = 0
-  with files.atomic_path(path) as tmp:
+  # fsync: the manifest that names this shard is committed right after; the data must be on
+  # disk before it, or a power cut could leave a manifest naming an empty file.
+  with files.atomic_path(path, fsync=True) as tmp:
     writer = array_record_module.ArrayRecordWriter(tmp, SHARD_OPTIONS)
     try:
-      for data in records:
-        writer.write(data)
-        n += 1
-        on_record()
-    finally:
-      writer.close()
+      try:
+        for data in records:
+          writer.write(data)
+          n += 1
+          on_record()
+      finally:
+        writer.close()  # Buffered data reaches the disk here: ENOSPC often shows only now.
+    except RuntimeError as e:
+      raise ShardWriteError(None, f"ArrayRecord: {e}", path) from e
   return n
 
 
 def stale_shards(directory: str, keep: Iterable[str]) -> list:
-  """Shard files in `directory` that the new manifest does not reference."""
+  """Shard files in `directory` that a manifest naming `keep` does not reference."""
   keep = set(keep)
   return sorted(os.path.join(directory, f) for f in os.listdir(directory)
                 if SHARD_PATTERN.match(f) and f not in keep)

@@ -8,6 +8,14 @@ import numpy as np
 from avflow_jax.core import constants as C
 from avflow_jax.core.errors import BadInput
 
+# Limits of `read_wav`, checked on the header before any sample is decoded (a header can claim
+# any length; decoding allocates frames x channels floats). Three hours is a long recording
+# session (a stereo 48 kHz one is ~4 GB as float32); the generic data layout accepts up to 64
+# channels; 384 kHz is the highest rate audio hardware records.
+MAX_WAV_SECONDS = 3 * 3600
+MAX_WAV_CHANNELS = 64
+MAX_WAV_SAMPLE_RATE = 384_000
+
 
 def _check_riff_complete(path: str) -> None:
   """Raises BadInput when a RIFF/WAVE file's data chunk is shorter than its header says.
@@ -34,27 +42,50 @@ def _check_riff_complete(path: str) -> None:
     raise BadInput(f"{path}: wav has no data chunk", "unreadable audio")
 
 
-def read_wav(path: str, channels: tuple[int, ...] = (1,)) -> tuple[np.ndarray, int]:
+def read_wav(path: str, channels: tuple[int, ...] = (1,), *,
+             max_seconds: float = MAX_WAV_SECONDS, max_channels: int = MAX_WAV_CHANNELS,
+             max_sample_rate: int = MAX_WAV_SAMPLE_RATE) -> tuple[np.ndarray, int]:
   """Reads a wav as float32 (N, ch) and checks it.
 
   Args:
     path: audio file.
     channels: accepted channel counts.
+    max_seconds: the longest audio accepted (checked on the header, before decoding).
+    max_channels: the most channels accepted (likewise).
+    max_sample_rate: the highest sample rate accepted (likewise).
 
   Returns:
     (audio (N, ch) float32 in [-1, 1], sample_rate).
 
   Raises:
-    BadInput: unreadable or truncated file, wrong channel count, empty, or NaN/Inf samples.
+    BadInput: unreadable or truncated file, wrong channel count, empty, over a limit, or
+      NaN/Inf samples; the message is one line naming the file.
   """
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise BadInput(f"{path}: file missing", "missing file")
   _check_riff_complete(path)
   try:
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    info = sf.info(path)
   except Exception as e:  # libsndfile raises its own error types.
-    raise BadInput(f"{path}: unreadable audio ({e})", "unreadable audio") from e
+    raise BadInput(f"{path}: unreadable audio ({' '.join(str(e).split())})",
+                   "unreadable audio") from e
+  if not 0 < info.samplerate <= max_sample_rate:
+    raise BadInput(f"{path}: sample rate {info.samplerate} Hz is outside 1..{max_sample_rate}",
+                   "bad sample rate")
+  if not 0 < info.channels <= max_channels:
+    raise BadInput(f"{path}: {info.channels} channel(s), over the limit of {max_channels}",
+                   "wrong channel count")
+  if info.frames > max_seconds * info.samplerate:
+    raise BadInput(f"{path}: {info.frames} frames at {info.samplerate} Hz "
+                   f"({info.frames / info.samplerate:.0f} s), over the limit of "
+                   f"{max_seconds:g} s", "too long")
+  try:
+    # At most the frames the header declared (and was checked for): the allocation is bounded.
+    audio, sr = sf.read(path, frames=info.frames, dtype="float32", always_2d=True)
+  except Exception as e:  # libsndfile raises its own error types.
+    raise BadInput(f"{path}: unreadable audio ({' '.join(str(e).split())})",
+                   "unreadable audio") from e
   if audio.shape[1] not in channels:
     raise BadInput(f"{path}: {audio.shape[1]} channel(s), expected "
                    f"{' or '.join(map(str, channels))}", "wrong channel count")

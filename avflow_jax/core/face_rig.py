@@ -14,6 +14,7 @@ codes = z @ matrix + offset, with matrix = scale * Q for a seeded random orthogo
 """
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -40,6 +41,10 @@ LIP_CLOSURE_THRESHOLD = 0.5
 SMILE_THRESHOLD = 0.5
 
 _FORMAT_VERSION = 1
+# Largest rig file `load` reads, on disk and once its members are inflated: a saved rig is
+# ~530 KB (a 256 x 256 float64 matrix and small fields), so 4 MiB leaves room without letting
+# a forged or deflate-bombed npz take more memory than that.
+MAX_RIG_BYTES = 4 * 2**20
 
 
 def _channel(channels: np.ndarray, name: str) -> np.ndarray:
@@ -94,26 +99,61 @@ class FaceRig:
     return cls(matrix=scale * q, offset=offset)
 
   @classmethod
-  def load(cls, path: str | os.PathLike) -> "FaceRig":
-    """Reads a rig saved by `save` (plain npz, never pickle)."""
+  def load(cls, path: str | os.PathLike, *, max_bytes: int = MAX_RIG_BYTES) -> "FaceRig":
+    """Reads a rig saved by `save` (plain npz, never pickle).
+
+    Args:
+      path: the npz.
+      max_bytes: the largest file, and total of its inflated members, accepted.
+
+    Raises:
+      ValueError: one line naming the file: unreadable, over `max_bytes`, an object array
+        (pickle), or not a valid rig.
+    """
+    # The bounds are checked here, not with core/safe_files.load_npz (the general npz reader):
+    # the manifest reader imports this module, and importing safe_files here would make the
+    # package's import chain one file deeper than tests/unit/test_layers.py allows.
     try:
+      if os.path.getsize(path) > max_bytes:
+        raise ValueError(f"{os.path.getsize(path)} bytes, over the limit of {max_bytes}")
+      with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would take a bare .npy (or a pickle) too.
+          raise ValueError("not an npz (zip) file")
       with np.load(path, allow_pickle=False) as f:
+        # zipfile never inflates a member past its declared size, so bounding the declared
+        # sizes bounds the bytes read ...
+        inflated = sum(info.file_size for info in f.zip.infolist())
+        if inflated > max_bytes:
+          raise ValueError(f"members inflate to {inflated} bytes, over the limit of {max_bytes}")
+        # ... and numpy allocates each array at its header's shape before reading it, so the
+        # shape must fit in the member's declared bytes.
+        for info in f.zip.infolist():
+          with f.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)(member)
+            if member.tell() + math.prod(shape) * dtype.itemsize > info.file_size:
+              raise ValueError(f"member {info.filename} declares {shape} {dtype}, more than "
+                               f"its {info.file_size} bytes")
         fields = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-      raise ValueError(f"face rig {path}: cannot read npz ({e})") from e
+    except Exception as e:  # pylint: disable=broad-except  (zipfile, zlib and numpy raise many)
+      msg = " ".join(str(e).split())
+      raise ValueError(f"face rig {path}: cannot read npz ({type(e).__name__}: {msg})") from e
     for key in ("matrix", "offset", "channels", "version"):
       if key not in fields:
         raise ValueError(f"face rig {path}: missing field {key!r}")
-    if int(fields["version"]) != _FORMAT_VERSION:
-      raise ValueError(f"face rig {path}: field 'version' is {int(fields['version'])}, "
-                       f"expected {_FORMAT_VERSION}")
-    if tuple(str(c) for c in fields["channels"]) != CHANNELS:
-      raise ValueError(f"face rig {path}: field 'channels' is {list(fields['channels'])}, "
+    version = fields["version"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != _FORMAT_VERSION:
+      raise ValueError(f"face rig {path}: field 'version' is {version!r:.80}, expected "
+                       f"{_FORMAT_VERSION}")
+    channels = fields["channels"]
+    if channels.ndim != 1 or tuple(str(c) for c in channels) != CHANNELS:
+      raise ValueError(f"face rig {path}: field 'channels' is {channels.tolist()!r:.200}, "
                        f"expected {list(CHANNELS)}")
     try:
       return cls(matrix=fields["matrix"].astype(np.float64),
                  offset=fields["offset"].astype(np.float64))
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
       raise ValueError(f"face rig {path}: {e}") from e
 
   def save(self, path: str | os.PathLike) -> None:

@@ -12,19 +12,63 @@ from avflow_jax.core.errors import AvatarError
 from avflow_jax.core.errors import InputError
 
 
+class ShardError(ValueError):
+  """A shard is missing, unreadable or does not match the manifest; the message names it."""
+
+
+def probe(path: str, first: bool) -> tuple[int, Optional[dict]]:
+  """(records in the shard, its decoded record 0 when `first` and it has one).
+
+  Raises:
+    ShardError: naming the shard when it is missing, unreadable or its record 0 undecodable.
+  """
+  if not os.path.exists(path):
+    raise ShardError(f"{path}: shard listed in manifest.json is missing (deleted, or the "
+                     "dataset is being re-prepared: rerun `python -m data_prep`)")
+  try:
+    # Its own source, dropped after: the pipeline's source opens each file on first read.
+    source = grain.sources.ArrayRecordDataSource([path])
+    size = len(source)
+    data = source[0] if first and size else None
+  except Exception as e:  # pylint: disable=broad-except  (array_record raises RuntimeError)
+    raise ShardError(f"{path}: unreadable shard ({_first_line(e)})") from e
+  if data is None:
+    return size, None
+  try:
+    return size, records.decode_record(data)
+  except ValueError as e:
+    raise ShardError(f"{path}: record 0: {e}") from e
+
+
+def shard_sizes(paths: Sequence[str]) -> list[int]:
+  """Records in each shard; ShardError naming the shard when one is missing or unreadable."""
+  return [probe(path, first=False)[0] for path in paths]
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 class DecodedClips:
   """Random-access source of decoded clips with a bounded in-memory cache.
 
   A training crop needs a few seconds of a clip but reading the record costs the whole clip, so
   clips are kept decoded (up to `cache_mb` per process) and later crops of them are free.
   With `keep`, only those fields are returned and cached (e.g. the tokens for text-to-tokens
-  training: a few hundred kB of a many-MB record).
+  training: a few hundred kB of a many-MB record). A shard that cannot be read (deleted or
+  truncated under a running job) raises ShardError naming it, not array_record's traceback.
   """
 
   def __init__(self, paths: Sequence[str], cache_mb: float = 0,
-               keep: Optional[Sequence[str]] = None):
-    self._source = grain.sources.ArrayRecordDataSource(list(paths))
+               keep: Optional[Sequence[str]] = None, sizes: Optional[Sequence[int]] = None):
     self._paths = list(paths)
+    sizes = shard_sizes(self._paths) if sizes is None else list(sizes)
+    self._offsets = np.cumsum([0] + sizes)
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(self._paths)
+    except Exception as e:  # pylint: disable=broad-except  (array_record raises RuntimeError)
+      raise ShardError(f"{_first_line(e)} (a shard of {os.path.dirname(self._paths[0])})") from e
     self._keep = None if keep is None else frozenset(keep)
     self._budget = cache_mb * 2**20
     self._cache: "collections.OrderedDict[int, dict]" = collections.OrderedDict()
@@ -33,12 +77,37 @@ class DecodedClips:
   def __len__(self) -> int:
     return len(self._source)
 
+  def shard_range(self, shard: int) -> tuple[int, int]:
+    """[start, stop) global record indices of shard number `shard`."""
+    return int(self._offsets[shard]), int(self._offsets[shard + 1])
+
+  def locate(self, index: int) -> tuple[str, int]:
+    """(shard path, record index in that shard) of global record `index`."""
+    shard = int(np.searchsorted(self._offsets, index, side="right")) - 1
+    return self._paths[shard], int(index - self._offsets[shard])
+
+  def decode(self, index: int) -> dict:
+    """The whole decoded record `index` (no cache, no `keep`); ShardError naming the shard."""
+    try:
+      data = self._source[index]
+    except Exception as e:  # pylint: disable=broad-except  (array_record raises RuntimeError)
+      path, local = self.locate(index)
+      state = "gone" if not os.path.exists(path) else "unreadable"
+      raise ShardError(f"{path}: cannot read record {local}, the shard is {state} "
+                       f"({_first_line(e)}); it was deleted, truncated or rewritten after "
+                       "this run opened it (rerun `python -m data_prep`, then restart)") from e
+    try:
+      return records.decode_record(data)
+    except ValueError as e:
+      path, local = self.locate(index)
+      raise ShardError(f"{path}: record {local}: {e}") from e
+
   def __getitem__(self, index: int) -> dict:
     clip = self._cache.get(index)
     if clip is not None:
       self._cache.move_to_end(index)
       return clip
-    clip = records.decode_record(self._source[index])
+    clip = self.decode(index)
     if self._keep is not None:
       clip = {k: v for k, v in clip.items() if k in self._keep}
     size = sum(v.nbytes for v in clip.values() if isinstance(v, np.ndarray))

@@ -8,6 +8,7 @@ iterator's state is saved with every checkpoint, so a resumed run sees exactly t
 uninterrupted run would have.
 """
 
+import collections
 from typing import Any, Optional, Sequence
 
 import grain
@@ -52,6 +53,45 @@ def _pad(x: np.ndarray, length: int) -> np.ndarray:
   return np.pad(x, [(0, length - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
+def open_split(data_dir: str, manifest: dict, split: str, cache_mb: float = 0,
+               keep: Optional[Sequence[str]] = None) -> clips.DecodedClips:
+  """The split's records, after checking each shard against the manifest.
+
+  Cheap checks, once per shard: the record count the manifest lists, and the first record's
+  name and stream widths (`manifest["dims"]`). Shards from another run than the manifest (a
+  re-preparation killed by an older data_prep, files copied by hand) fail here, naming the
+  shard, the clip and the field, instead of training on data the statistics do not describe.
+
+  Raises:
+    clips.ShardError: a shard is missing, unreadable or disagrees with the manifest.
+    ValueError: the split is not in the manifest.
+  """
+  paths = manifest_lib.shard_paths(data_dir, manifest, split)
+  by_shard = collections.defaultdict(list)
+  for entry in manifest["splits"][split].get("clips", []):
+    by_shard[int(entry["shard"])].append(entry)
+  mismatch = "the shards and manifest.json do not belong together (rerun `python -m data_prep`)"
+  sizes = []
+  for s, path in enumerate(paths):
+    size, record = clips.probe(path, first=True)
+    sizes.append(size)
+    entries = sorted(by_shard.get(s, []), key=lambda e: int(e["index"]))
+    if by_shard and len(entries) != size:
+      raise clips.ShardError(f"{path}: {size} records, manifest.json lists {len(entries)} "
+                             f"for {split} shard {s}; {mismatch}")
+    if record is None:
+      continue
+    name = record.get("name")
+    if entries and name != entries[0]["name"]:
+      raise clips.ShardError(f"{path}: record 0 is clip {name!r}, manifest.json says "
+                             f"{entries[0]['name']!r}; {mismatch}")
+    try:
+      manifest_lib.check_record_dims(record, manifest, f"{path} record 0 (clip {name!r})")
+    except ValueError as e:
+      raise clips.ShardError(str(e)) from e
+  return clips.DecodedClips(paths, cache_mb, keep, sizes)
+
+
 def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch_size: int,
                       crop: int, streams: Sequence[str], seed: int, process_index: int = 0,
                       process_count: int = 1, num_workers: int = 0,
@@ -77,7 +117,8 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
     A grain IterDataset of dicts of numpy arrays with a leading per-host batch axis.
   """
   rows = rows_lib.resolve_rows(global_batch_size, rows, process_index, process_count)
-  source = clips.DecodedClips(manifest_lib.shard_paths(data_dir, manifest, split), cache_mb)
+  # Opening checks every shard against the manifest (counts, first record's name and dims).
+  source = open_split(data_dir, manifest, split, cache_mb)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
   # Crops are drawn before the host split, so they depend on the global index only.
   ds = ds.random_map(CropClip(crop, manifest_lib.stats_arrays(manifest), streams))

@@ -4,12 +4,12 @@ Written by `python -m data_prep` (docs/data_format.md); read by training, sampli
 evaluation. Statistics are applied here and nowhere else (`normalise`, `denormalise`).
 """
 
-import json
 import os
 
 import numpy as np
 
 from avflow_jax.core import face_rig
+from avflow_jax.core import safe_files
 from avflow_jax.core.errors import AvatarError
 
 MANIFEST = "manifest.json"
@@ -18,16 +18,26 @@ MANIFEST = "manifest.json"
 NORMALISED = ("mel", "tokens", "face", "head", "participant")
 
 
-def load_manifest(data_dir: str) -> dict:
-  """Reads DATA_DIR/manifest.json with a clear error when it is missing or malformed."""
+def load_manifest(data_dir: str, *, max_bytes: int = safe_files.MAX_JSON_BYTES) -> dict:
+  """Reads DATA_DIR/manifest.json with a clear error when it is missing or malformed.
+
+  Args:
+    data_dir: the shard directory.
+    max_bytes: the largest manifest read (checked before parsing; see core/safe_files).
+
+  Returns:
+    The manifest.
+
+  Raises:
+    FileNotFoundError: no manifest.
+    ValueError: one line naming the file: over `max_bytes`, not JSON, or missing a field.
+  """
   path = os.path.join(os.path.expanduser(data_dir), "manifest.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no manifest; prepare shards with `python -m data_prep`")
-  try:
-    with open(path) as f:
-      manifest = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  manifest = safe_files.read_json(path, max_bytes=max_bytes, what="manifest")
+  if not isinstance(manifest, dict):
+    raise ValueError(f"{path}: the manifest is not a JSON object")
   for key in ("dims", "splits", "stats"):
     if key not in manifest:
       raise ValueError(f"{path}: missing field {key!r}")
@@ -75,3 +85,36 @@ def load_face_rig(data_dir: str, manifest: dict):
     return face_rig.FaceRig.load(path)
   except ValueError as e:
     raise AvatarError(str(e)) from e
+
+
+# Record fields whose last dim is a manifest `dims` entry (docs/data_format.md).
+DIM_FIELDS = ("mel", "tokens", "face", "head", "participant")
+
+
+def check_record_dims(record: dict, manifest: dict, where: str) -> None:
+  """Raises ValueError when a record's stream widths disagree with `manifest["dims"]`.
+
+  Only the dims the manifest states are checked; a dim of 0 means the field is absent.
+
+  Args:
+    record: a decoded record.
+    manifest: the parsed manifest.
+    where: names the record in the message (shard file, record index, clip).
+  """
+  dims = manifest.get("dims", {})
+  for field in DIM_FIELDS:
+    if field not in dims:
+      continue
+    want = int(dims[field])
+    value = record.get(field)
+    if value is None:
+      if want:
+        raise ValueError(f"{where}: field {field!r} is missing, manifest.json dims say "
+                         f"{want}; the shards and manifest.json do not belong together "
+                         "(rerun `python -m data_prep`)")
+      continue
+    shape = tuple(np.shape(value))
+    if len(shape) != 2 or shape[1] != want:
+      raise ValueError(f"{where}: field {field!r} has shape {shape}, manifest.json dims say "
+                       f"(T, {want}); the shards and manifest.json do not belong together "
+                       "(rerun `python -m data_prep`)")

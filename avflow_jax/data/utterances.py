@@ -29,7 +29,6 @@ import numpy as np
 
 from avflow_jax.core import constants
 from avflow_jax.core import files
-from avflow_jax.core import records
 from avflow_jax.data import clips
 from avflow_jax.data import manifest as manifest_lib
 from avflow_jax.data import rows as rows_lib
@@ -107,17 +106,13 @@ def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
       index = json.load(f)
     logging.info("t2t data: %d %s utterances from cache %s", len(index), split, cache)
     return index
-  source = grain.sources.ArrayRecordDataSource(paths)
+  source = clips.DecodedClips(paths)  # A missing or truncated shard: ShardError naming it.
   n = len(source)
   index, empty = [], 0
   t0 = time.time()
   for i in range(n):
-    where = f"{data_dir} split {split!r} record {i}"
-    try:
-      clip = records.decode_record(source[i])
-    except ValueError as e:
-      raise ValueError(f"{where}: {e}") from e
-    where += f" ({clip.get('name', '?')})"
+    clip = source.decode(i)
+    where = f"{data_dir} split {split!r} record {i} ({clip.get('name', '?')})"
     for text, start, end in clip_utterances(clip, where):
       ids = frontend.text_to_ids(text, add_blank=add_blank)
       if ids.size <= int(add_blank):  # nothing but blanks: no speech to align.

@@ -15,7 +15,6 @@ tap order.
 """
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -25,6 +24,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+from avflow_jax.core import safe_files
 
 # Fixed anti-aliasing filter of BigVGAN's Activation1d (ratio 2, 12 taps).
 _AA_TAPS = 12
@@ -89,10 +90,11 @@ class BigVGANConfig:
   @classmethod
   def from_json(cls, path: str) -> "BigVGANConfig":
     try:
-      with open(path) as f:
-        d = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+      d = safe_files.read_json(path, what="BigVGAN config")
+    except OSError as e:
       raise ValueError(f"{path}: cannot read BigVGAN config: {e}") from e
+    if not isinstance(d, dict):
+      raise safe_files.error(path, "BigVGAN config is not a JSON object")
     try:
       return cls.from_dict(d)
     except (TypeError, ValueError) as e:
@@ -309,20 +311,18 @@ def state_dict_shapes(config: BigVGANConfig = BigVGANConfig()) -> dict[str, tupl
 
 
 def _read_arrays(path: str) -> dict[str, np.ndarray]:
+  """The arrays of a weights file, read within `core/safe_files`' limits (sizes, pickles)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"BigVGAN weights not found: {path}")
-  try:
-    if path.endswith(".safetensors"):
-      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-      arrays = load_file(path)
-    elif path.endswith(".npz"):
-      with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    else:
-      raise ValueError("expected a .safetensors or .npz file (convert torch .pt checkpoints "
-                       "with `python -m avflow_jax.convert_bigvgan`)")
-  except ValueError as e:
-    raise ValueError(f"{path}: cannot read BigVGAN weights: {e}") from e
+  # The readers' UntrustedFileError already names the file in one line; it passes unchanged.
+  if path.endswith(".safetensors"):
+    arrays = safe_files.load_safetensors(path)
+  elif path.endswith(".npz"):
+    arrays = safe_files.load_npz(path)
+  else:
+    raise ValueError(f"{path}: cannot read BigVGAN weights: expected a .safetensors or .npz "
+                     "file (convert torch .pt checkpoints with "
+                     "`python -m avflow_jax.convert_bigvgan`)")
   # Accept a saved {"generator": state_dict} flattened with a "generator." prefix.
   if arrays and all(k.startswith("generator.") for k in arrays):
     arrays = {k[len("generator."):]: v for k, v in arrays.items()}

@@ -19,7 +19,6 @@ zeroed before the positional convolution and masked out as attention keys.
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -27,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from avflow_jax.core import safe_files
 
 Params = Mapping[str, Any]
 
@@ -492,10 +493,9 @@ def load_wav2vec2(path: str):
 
   Raises:
     FileNotFoundError: no safetensors file at `path`.
-    ValueError: unsupported config or key/shape mismatches (naming the file and the keys).
+    ValueError: unsupported config or key/shape mismatches (naming the file and the keys);
+      `safe_files.UntrustedFileError` for a malformed or oversized file.
   """
-  from safetensors.numpy import load_file  # Local import: only needed when loading weights.
-
   if os.path.isdir(path):
     path = os.path.join(path, "model.safetensors")
   if not os.path.isfile(path):
@@ -503,16 +503,12 @@ def load_wav2vec2(path: str):
                             "model.safetensors; .bin/.pt pickles are not read)")
   config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
   if os.path.isfile(config_path):
-    with open(config_path) as f:
-      try:
-        hf_config = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON: {e}") from e
+    hf_config = safe_files.read_json(config_path, what="wav2vec2 config")
+    if not isinstance(hf_config, dict):
+      raise safe_files.error(config_path, "wav2vec2 config is not a JSON object")
     config = config_from_hf_dict(hf_config, config_path)
   else:
     config = Wav2Vec2Config()
-  try:
-    state = load_file(path)
-  except Exception as e:  # safetensors raises its own error types for corrupt headers.
-    raise ValueError(f"{path}: cannot read safetensors file: {e}") from e
+  # Checks the header's sizes against the file and the limits before safetensors reads it.
+  state = safe_files.load_safetensors(path)
   return config, params_from_hf_state(config, state, path)

@@ -82,8 +82,9 @@ def test_audio2photoreal_end_to_end(a2p, capsys):
       "PXB184_scene01", "PXB184_scene02"]
   assert [c["name"] for c in manifest["splits"]["val"]["clips"]] == [
       "PXB184_scene03", "PXB184_scene04"]
-  assert manifest["splits"]["train"]["shards"] == ["train-00000-of-00002.array_record",
-                                                   "train-00001-of-00002.array_record"]
+  assert manifest["splits"]["train"]["shards"] == ["train-g0001-00000-of-00002.array_record",
+                                                   "train-g0001-00001-of-00002.array_record"]
+  assert manifest["prep"]["generation"] == 1
   assert manifest["summary"]["clips_written"]["total"] == 4
   frames = 75 * 735 // 256  # 75 video frames = 2.5 s = 55125 samples at 22.05 kHz
   clip = clips["PXB184_scene01"]
@@ -298,7 +299,8 @@ def test_rerun_resumes_and_interrupt_leaves_no_partial_shard(tmp_path, monkeypat
   assert not os.path.exists(os.path.join(out, "manifest.json"))
   assert len(glob.glob(os.path.join(out, ".cache", "*.meta"))) == 1
   monkeypatch.setattr(prepare, "process_clip", real)
-  # 2) Ctrl-C while writing shards: the val shard never appears, no temporaries stay.
+  # 2) Ctrl-C while writing shards: no shard of the unfinished generation (nor any
+  # temporary) stays; only the lock file and the cache remain.
   from data_prep import cache as cache_lib
   real_record = cache_lib.ClipCache.record
   reads = {"n": 0}
@@ -311,7 +313,7 @@ def test_rerun_resumes_and_interrupt_leaves_no_partial_shard(tmp_path, monkeypat
 
   monkeypatch.setattr(cache_lib.ClipCache, "record", record)
   assert run("audio2photoreal", inp, out) == 130
-  assert sorted(os.listdir(out)) == [".cache", "train-00000-of-00001.array_record"]
+  assert sorted(os.listdir(out)) == [".avflow.lock", ".cache"]
   monkeypatch.setattr(cache_lib.ClipCache, "record", real_record)
   capsys.readouterr()
   # 3) Resume: nothing reprocessed; shards rewritten; then a rerun changes nothing.
@@ -319,7 +321,7 @@ def test_rerun_resumes_and_interrupt_leaves_no_partial_shard(tmp_path, monkeypat
   manifest, clips = load(out)
   assert manifest["summary"]["processed_this_run"] == 0
   assert manifest["summary"]["reused_from_cache"] == 4 and len(clips) == 4
-  shard = os.path.join(out, "train-00000-of-00001.array_record")
+  shard = os.path.join(out, "train-g0001-00000-of-00001.array_record")
   stamp = os.stat(shard).st_mtime_ns
   assert run("audio2photoreal", inp, out) == 0
   manifest2, _ = load(out)
@@ -331,7 +333,7 @@ def test_rerun_resumes_and_interrupt_leaves_no_partial_shard(tmp_path, monkeypat
   assert run("audio2photoreal", inp, out, "--shards", "2") == 0
   manifest3, clips3 = load(out)
   assert manifest3["summary"]["processed_this_run"] == 1
-  assert manifest3["splits"]["train"]["shards"][-1] == "train-00001-of-00002.array_record"
+  assert manifest3["splits"]["train"]["shards"][-1] == "train-g0002-00001-of-00002.array_record"
   assert not os.path.exists(shard)  # the stale 1-shard file is removed
   np.testing.assert_allclose(clips3["PXB184_scene02"]["face"],
                              clips["PXB184_scene02"]["face"] + 1.0, atol=1e-5)
@@ -351,12 +353,12 @@ def test_inspect_names_bad_shard_and_record(a2p, tmp_path, capsys):
   capsys.readouterr()
   assert inspect_lib.main([out, "--no-progress"]) == 1
   err = capsys.readouterr().err
-  assert "val-00001-of-00002.array_record record 0 (PXB184_scene04)" in err
-  shard = os.path.join(out, "train-00001-of-00002.array_record")
+  assert "val-g0001-00001-of-00002.array_record record 0 (PXB184_scene04)" in err
+  shard = os.path.join(out, "train-g0001-00001-of-00002.array_record")
   data = open(shard, "rb").read()
   open(shard, "wb").write(data[: len(data) // 2])
   assert inspect_lib.main([out, "--no-progress"]) == 1
-  assert "train-00001-of-00002.array_record" in capsys.readouterr().err
+  assert "train-g0001-00001-of-00002.array_record" in capsys.readouterr().err
 
 
 def test_runs_without_torch_in_a_process_pool(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from avflow_jax import convert_bigvgan
+from avflow_jax.core import torch_reader
 from avflow_jax.models import bigvgan as bv
 from tests import fixtures
 
@@ -228,7 +229,7 @@ def test_convert_torch_checkpoint(tmp_path, torch_one_thread):
   odd = {"t": base.t(), "s": base[2:, 1:4], "h": torch.randn(7).half(),
          "bf": torch.randn(3, 2).bfloat16()}
   torch.save(odd, tmp_path / "odd.pt")
-  got = convert_bigvgan.read_torch_state_dict(str(tmp_path / "odd.pt"))
+  got = torch_reader.read_torch_state_dict(str(tmp_path / "odd.pt"))
   for k, v in odd.items():
     np.testing.assert_array_equal(got[k], v.float().numpy())
 
@@ -250,11 +251,11 @@ def test_converter_refuses_malicious_pickle(tmp_path, monkeypatch):
   bad = tmp_path / "evil.pt"
   _zip_with_pickle(bad, pickle.dumps({"generator": {"w": _Evil()}}, protocol=2))
   with pytest.raises(pickle.UnpicklingError, match="system"):
-    convert_bigvgan.read_torch_state_dict(str(bad))
+    torch_reader.read_torch_state_dict(str(bad))
   assert not (tmp_path / "pwned_marker").exists()
   _zip_with_pickle(bad, pickle.dumps(io.BytesIO, protocol=2))
   with pytest.raises(pickle.UnpicklingError, match="_io.BytesIO"):
-    convert_bigvgan.read_torch_state_dict(str(bad))
+    torch_reader.read_torch_state_dict(str(bad))
   (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"a": 1}))
   with pytest.raises(ValueError, match="not a torch zip"):
-    convert_bigvgan.read_torch_state_dict(str(tmp_path / "legacy.pt"))
+    torch_reader.read_torch_state_dict(str(tmp_path / "legacy.pt"))

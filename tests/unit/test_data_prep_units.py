@@ -1,5 +1,7 @@
 """Unit tests of data_prep's pieces: mel parity, alignment, head pose, stats, shards."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -148,6 +150,11 @@ def test_stats_streaming_and_floor():
 
 def test_shard_assignment_and_names():
   assert shards_lib.shard_name("train", 3, 12) == "train-00003-of-00012.array_record"
+  name = shards_lib.shard_name("val", 0, 2, generation=7)
+  assert name == "val-g0007-00000-of-00002.array_record"
+  assert shards_lib.shard_generation(name) == 7 and shards_lib.shard_split(name) == "val"
+  assert shards_lib.shard_generation("train-00003-of-00012.array_record") is None
+  assert shards_lib.shard_split(".val-g0007-00000-of-00002.array_record.1.x.partial") is None
   groups = shards_lib.assign(list(range(10)), 3)
   assert [len(g) for g in groups] == [3, 4, 3] and sum(groups, []) == list(range(10))
   assert shards_lib.num_shards(0, 5, 1) == 1
@@ -171,3 +178,20 @@ def test_wav_checks(tmp_path):
     audio_lib.read_wav(path)
   x = np.array([0.0, 0.5, -1.0, 1.0, -0.25], np.float32)
   np.testing.assert_array_equal(audio_lib.to_int16(x), [0, 16384, -32768, 32767, -8192])
+
+
+def test_write_shard_turns_an_arrayrecord_io_failure_into_an_oserror(tmp_path, monkeypatch):
+  from array_record.python import array_record_module
+  real = array_record_module.ArrayRecordWriter
+
+  class FullDisk(real):
+    def close(self):
+      super().close()
+      raise RuntimeError("write() failed: No space left on device; writing x")
+
+  monkeypatch.setattr(array_record_module, "ArrayRecordWriter", FullDisk)
+  path = str(tmp_path / "train-g0001-00000-of-00001.array_record")
+  with pytest.raises(OSError, match="No space left on device") as err:
+    shards_lib.write_shard(path, [b"a", b"b"])
+  assert err.value.filename == path
+  assert os.listdir(tmp_path) == []  # No shard, no temporary.

@@ -1,10 +1,15 @@
-"""Grain pipeline: crops, masks, per-host disjointness, determinism and exact resume."""
+"""Grain pipeline: crops, masks, per-host disjointness, determinism, exact resume, shard checks."""
+
+import json
+import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from avflow_jax.core import checkpointing
+from avflow_jax.data import clips
 from avflow_jax.data import crops
 from avflow_jax.data import manifest as manifest_lib
 
@@ -70,3 +75,73 @@ def test_iterator_state_checkpoint_resumes_exactly(tiny_shards, tmp_path):
 def test_missing_manifest_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no manifest"):
     manifest_lib.load_manifest(str(tmp_path))
+
+
+def _copy(tiny_shards, tmp_path):
+  out = str(tmp_path / "shards")
+  shutil.copytree(tiny_shards, out)
+  return out
+
+
+def _edit_manifest(data_dir, edit):
+  path = os.path.join(data_dir, "manifest.json")
+  with open(path) as f:
+    manifest = json.load(f)
+  edit(manifest)
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+
+
+def test_dims_disagreeing_with_the_shards_name_shard_clip_and_field(tiny_shards, tmp_path):
+  data = _copy(tiny_shards, tmp_path)
+  _edit_manifest(data, lambda m: m["dims"].update(face=255))
+  manifest = manifest_lib.load_manifest(data)
+  first = manifest["splits"]["train"]["clips"][0]["name"]
+  with pytest.raises(clips.ShardError) as err:
+    _ds(data)
+  msg = str(err.value)
+  assert "train-00000-of-00002.array_record record 0" in msg and repr(first) in msg
+  assert "'face'" in msg and "(T, 255)" in msg and "\n" not in msg
+  # A stream the manifest says is absent but the records hold is a mismatch too.
+  _edit_manifest(data, lambda m: m["dims"].update(face=256, head=0))
+  with pytest.raises(ValueError, match="field 'head' has shape"):
+    _ds(data)
+
+
+def test_shard_from_another_run_is_refused(tiny_shards, tmp_path):
+  data = _copy(tiny_shards, tmp_path)
+  # The manifest lists one clip less for shard 1 than the file holds (a stale manifest).
+  _edit_manifest(data, lambda m: m["splits"]["train"].update(
+      clips=[c for c in m["splits"]["train"]["clips"] if c["shard"] != 1 or c["index"] != 2]))
+  with pytest.raises(clips.ShardError, match=r"train-00001-of-00002.array_record: 6 records, "
+                     r"manifest.json lists 5"):
+    _ds(data)
+
+
+def test_shard_missing_or_deleted_during_training_is_one_line(tiny_shards, tmp_path):
+  data = _copy(tiny_shards, tmp_path)
+  shard = os.path.join(data, "train-00001-of-00002.array_record")
+  os.rename(shard, shard + ".away")
+  with pytest.raises(clips.ShardError, match="train-00001-of-00002.array_record: shard listed "
+                     "in manifest.json is missing"):
+    _ds(data)
+  os.rename(shard + ".away", shard)
+  it = iter(_ds(data))  # Opened and checked; the shard disappears before it is read.
+  os.remove(shard)
+  with pytest.raises(ValueError) as err:
+    for _ in range(20):
+      next(it)
+  assert str(err.value).startswith(f"{shard}: cannot read record ")
+  assert "\n" not in str(err.value)
+
+
+def test_truncated_shard_is_named(tiny_shards, tmp_path):
+  data = _copy(tiny_shards, tmp_path)
+  shard = os.path.join(data, "train-00000-of-00002.array_record")
+  with open(shard, "rb") as f:
+    blob = f.read()
+  with open(shard, "wb") as f:
+    f.write(blob[: len(blob) // 2])
+  with pytest.raises(clips.ShardError, match="train-00000-of-00002.array_record: unreadable "
+                     "shard"):
+    _ds(data)
