@@ -19,7 +19,8 @@ Per sample (NAME, or NAME_k for k = 0..K-1 with --num-samples K) it writes into 
 Everything is written into a hidden staging directory and moved into OUTPUT only when all
 samples succeeded, so a failed run leaves nothing under the output name. Bad input (missing
 checkpoint, tokens of the wrong width, empty text, silent or corrupt audio, an output path that
-cannot be written) stops with one line on stderr and exit code 2.
+cannot be written, an input longer than --max-seconds) stops with one line on stderr and exit
+code 2. The length is checked as soon as it is known (tokens and audio: before the model loads).
 """
 
 import argparse
@@ -34,6 +35,7 @@ from avflow_jax.core import cli
 from avflow_jax.core import constants as C
 from avflow_jax.core.errors import InputError
 from avflow_jax.data import clips
+from avflow_jax.inference import buckets
 from avflow_jax.inference import outputs
 
 MIN_AUDIO_FRAMES = 8  # As data prep: shorter audio gives nothing the ASR model can read.
@@ -53,6 +55,10 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="noise seed")
   p.add_argument("--num-samples", type=int, default=1, help="samples of the same input")
   p.add_argument("--temperature", type=float, default=1.0, help="scale of the initial noise")
+  p.add_argument("--max-seconds", type=float, default=buckets.DEFAULT_MAX_SECONDS,
+                 help="longest input accepted, in seconds (default %(default)g, 20 minutes; "
+                      "memory grows with length: the demo avatar peaks at 2.8 GB for 10 "
+                      "minutes; inf: no limit)")
   p.add_argument("--participant", help="(T, 87) participant features .npy (dyadic avatars; "
                  "default: a still, average listener, the training mean)")
   p.add_argument("--asr-weights", help="wav2vec2-base-960h model.safetensors (for --audio)")
@@ -147,6 +153,7 @@ def check_arguments(args) -> None:
     raise InputError(f"--num-samples {args.num_samples}: must be >= 1")
   if not np.isfinite(args.temperature) or args.temperature < 0:
     raise InputError(f"--temperature {args.temperature}: must be a finite number >= 0")
+  buckets.check_max_seconds(args.max_seconds, "--max-seconds")
   if args.name is not None and (not args.name or os.sep in args.name or args.name.startswith(".")):
     raise InputError(f"--name {args.name!r}: must be a plain file name (no '/', not hidden)")
   if not os.path.isdir(args.workdir):
@@ -167,6 +174,12 @@ def _default_name(args) -> str:
   return args.compare
 
 
+def check_length(args, num_frames: int, what: str) -> None:
+  """One-line error if `num_frames` of input are longer than --max-seconds."""
+  buckets.check_length(num_frames, args.max_seconds, what=what,
+                       hint="split it, or raise the limit with --max-seconds S")
+
+
 def run(args, log=print) -> dict[str, Any]:
   """Runs the CLI with parsed `args`; returns {"files": [...], "timings": {stage: seconds}}.
 
@@ -177,7 +190,11 @@ def run(args, log=print) -> dict[str, Any]:
   start = time.perf_counter()
   check_arguments(args)
   tokens = load_tokens_file(args.tokens) if args.tokens else None
+  if tokens is not None:  # Before the model loads: a too long input costs nothing.
+    check_length(args, tokens.shape[0], f"--tokens {args.tokens}")
   audio = load_audio_file(args.audio) if args.audio else None
+  if audio is not None:  # And before the ASR model runs over it.
+    check_length(args, int(audio[0].shape[0] / audio[1] * C.FRAME_RATE), f"--audio {args.audio}")
   participant = None
   if args.participant:
     participant = _check_frames(args.participant, "--participant",
@@ -190,7 +207,8 @@ def run(args, log=print) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     avatar = avatar_lib.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
-                             which=args.which, data_dir=args.data_dir)
+                             which=args.which, data_dir=args.data_dir,
+                             max_seconds=args.max_seconds)
     avatar.vocoder  # pylint: disable=pointless-statement  (bad vocoder weights fail here, early)
     timings["load"] = time.perf_counter() - t0
     log(f"loaded {avatar.loaded.workdir} (step {avatar.loaded.step}, {args.which} weights) in "
@@ -199,6 +217,8 @@ def run(args, log=print) -> dict[str, Any]:
     gt = None
     if args.compare:
       record = clips.read_clip(avatar.loaded.data_dir, avatar.loaded.manifest, args.compare)
+      if tokens is None and audio is None and args.text is None:
+        check_length(args, len(record["tokens"]), f"--compare {args.compare}")
       gt = outputs.ground_truth(avatar, record)
       if tokens is None and audio is None and args.text is None:
         tokens = np.asarray(record["tokens"], np.float32)
@@ -215,6 +235,10 @@ def run(args, log=print) -> dict[str, Any]:
       tokens = text_tokens.text_to_tokens(args.text, t2t, seed=args.seed)
       timings["text_to_tokens"] = time.perf_counter() - t0
       log(f"text -> {tokens.shape[0]} token frames in {timings['text_to_tokens']:.1f} s")
+    # --compare and --text know their length only now; still before any sampling.
+    check_length(args, tokens.shape[0], "--text" if args.text is not None
+                 else f"--audio {args.audio}" if args.audio
+                 else f"--tokens {args.tokens}" if args.tokens else f"--compare {args.compare}")
     if participant is not None and participant.shape[0] != tokens.shape[0]:
       raise InputError(f"--participant has {participant.shape[0]} frames but the input has "
                        f"{tokens.shape[0]}")

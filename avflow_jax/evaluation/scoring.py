@@ -221,13 +221,20 @@ def evaluate(args, log=print) -> dict[str, Any]:
   shards, entries = clips.split_entries(loaded.data_dir, loaded.manifest, args.split)
   if args.max_clips:
     entries = entries[:args.max_clips]
+  max_frames = int(args.max_seconds * C.FRAME_RATE) if args.max_seconds else None
+  if not args.oracle:  # A clip too long to sample is refused before any clip is sampled.
+    for e in entries:
+      if "frames" in e:
+        avatar.check_length(min(int(e["frames"]), max_frames or int(e["frames"])),
+                            what=f"clip {e['name']!r}",
+                            hint=f"score its first S seconds with --max-seconds S <= "
+                                 f"{avatar.max_seconds:g}")
 
   output = args.output or os.path.join(
       loaded.workdir, "eval", f"{args.split}-step{loaded.step}"
       + ("-oracle" if args.oracle else ""), "report.json")
   output, out_dir, stem = common.report_location(output)
 
-  max_frames = int(args.max_seconds * C.FRAME_RATE) if args.max_seconds else None
   rig = loaded.face_rig
   recognizer, wer_missing = _recognizer(args, log)
   acc = av_metrics.MetricAccumulator(rig, recognizer, wer_missing)

@@ -13,6 +13,9 @@ frames does not depend on the padded length either (JAX's partitionable threefry
 of a (1, T, D) array from counter i; `_noise_is_prefix_stable`), so the result is the same in
 every bucket and equals an unpadded call with the same seed. Batched calls are deterministic for
 a seed, but their noise depends on the bucket.
+
+Sampling memory grows linearly with length; an input longer than the avatar's `max_seconds`
+(20 minutes by default, `buckets.DEFAULT_MAX_SECONDS`) is refused before anything is computed.
 """
 
 import functools
@@ -80,17 +83,20 @@ class Avatar:
   """A trained AV-Flow avatar: tokens -> waveform, mel, face codes, head pose (+ rig channels)."""
 
   def __init__(self, loaded: loading.LoadedAvatar, vocoder: Optional[vocoder_lib.Vocoder],
-               buckets: Union[int, Sequence[int]] = buckets_lib.DEFAULT_BUCKET, vocoder_weights=None):
+               buckets: Union[int, Sequence[int]] = buckets_lib.DEFAULT_BUCKET, vocoder_weights=None,
+               max_seconds: float = buckets_lib.DEFAULT_MAX_SECONDS):
     self.loaded = loaded
     self._vocoder = vocoder
     self._vocoder_weights = vocoder_weights
     self.buckets = buckets
+    self.max_seconds = buckets_lib.check_max_seconds(max_seconds)
     self._asr = {}
 
   @classmethod
   def load(cls, workdir: str, *, vocoder_weights: Optional[str] = None, which: str = "ema",
            buckets: Union[int, Sequence[int]] = buckets_lib.DEFAULT_BUCKET,
-           data_dir: Optional[str] = None) -> "Avatar":
+           data_dir: Optional[str] = None,
+           max_seconds: float = buckets_lib.DEFAULT_MAX_SECONDS) -> "Avatar":
     """Loads the latest checkpoint of an AV training workdir.
 
     Args:
@@ -99,13 +105,15 @@ class Avatar:
       which: "ema" or "params" weights.
       buckets: length buckets (see `bucket_frames`).
       data_dir: shard directory overriding the one recorded in WORKDIR/config.json.
+      max_seconds: the longest input one call accepts (inf: no limit).
     """
     if vocoder_weights is not None:
       if not os.path.isfile(vocoder_weights):
         raise AvatarError(f"{vocoder_weights}: vocoder weights file missing")
     buckets_lib.bucket_frames(1, buckets)  # Validates the ladder before anything heavy.
+    max_seconds = buckets_lib.check_max_seconds(max_seconds)
     loaded = loading.load_avatar(workdir, which=which, data_dir=data_dir)
-    return cls(loaded, None, buckets, vocoder_weights)
+    return cls(loaded, None, buckets, vocoder_weights, max_seconds)
 
   # ---- Properties ------------------------------------------------------------------------------
 
@@ -179,6 +187,18 @@ class Avatar:
 
   # ---- Sampling --------------------------------------------------------------------------------
 
+  def max_frames(self) -> Optional[int]:
+    """The most mel frames one call accepts (`max_seconds` at 86.13 fps; None: no limit)."""
+    if math.isinf(self.max_seconds):
+      return None
+    return int(math.floor(self.max_seconds * C.FRAME_RATE))
+
+  def check_length(self, num_frames: int, what: str = "tokens",
+                   hint: str = "split them, or raise max_seconds (Avatar.load(max_seconds=S))"
+                   ) -> None:
+    """AvatarError (one line: the length, the limit) if `num_frames` is over `max_seconds`."""
+    buckets_lib.check_length(num_frames, self.max_seconds, what=what, hint=hint)
+
   def sample_motion(self, tokens, *, seed: int = 0, num_steps: int = 8, participant=None,
                     temperature: float = 1.0) -> dict[str, np.ndarray]:
     """Runs the flow sampler only: {"mel", "face", "head"} batched (B, T, .) numpy arrays.
@@ -189,11 +209,15 @@ class Avatar:
       num_steps: Euler steps.
       participant: (T, 87) or (B, T, 87) raw participant features (dyadic avatars only).
       temperature: scale of the initial noise.
+
+    Raises:
+      AvatarError: bad inputs, or tokens longer than `max_seconds` (checked before any compute).
     """
     tok, part, _ = self.prepare(tokens, participant)
     if int(num_steps) < 1:
       raise AvatarError(f"num_steps={num_steps}: must be >= 1")
     b, t = tok.shape[:2]
+    self.check_length(t)  # Before padding or compiling: a too long input fails in one line.
     tp = buckets_lib.bucket_frames(t, self.buckets)
     pad = ((0, 0), (0, tp - t), (0, 0))
     tok = np.pad(tok, pad)

@@ -248,6 +248,11 @@ BAD_CASES = {
                                 "file missing"),
     "unknown_clip": (["--workdir", "{workdir}", "--compare", "nope"], "'nope' is not in"),
     "no_input": (["--workdir", "{workdir}"], "give an input"),
+    # The length is checked before the model loads (here: a workdir without checkpoints).
+    "tokens_too_long": (["--workdir", "{no_ckpt}", "--tokens", "{tokens}", "--max-seconds", "1"],
+                        "is 1.4 s (120 frames), longer than the sampling limit of 1 s"),
+    "bad_max_seconds": (["--workdir", "{workdir}", "--tokens", "{tokens}", "--max-seconds", "0"],
+                        "--max-seconds 0.0: must be a number of seconds > 0"),
     "two_inputs": (["--workdir", "{workdir}", "--tokens", "{tokens}", "--audio", "{silent}"],
                    "not allowed with"),
 }

@@ -53,3 +53,19 @@ def test_sampler_keeps_batch_sharding_and_step_count_matters(tiny_shards):
   assert out["mel"].sharding.is_equivalent_to(sharding.batch_sharding(mesh), 3)
   one = sampling.sample(model, vae, params, tokens, jax.random.PRNGKey(0), num_steps=1)
   assert not np.allclose(out["mel"], one["mel"])
+
+
+def test_sampler_memory_is_linear_in_length(tiny_shards):
+  """The whole compiled sampler (DiT solve + head-VAE decode) holds no T x T buffer."""
+  model, vae, params = _setup(tiny_shards)
+
+  def temp_bytes(t):
+    tokens = jax.ShapeDtypeStruct((1, t, 29), jnp.float32)
+    lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
+    compiled = jax.jit(lambda p, tok, n: sampling.sample(
+        model, vae, p, tok, jax.random.PRNGKey(0), num_steps=2, lengths=n)).lower(
+            params, tokens, lengths).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  small, large = temp_bytes(4096), temp_bytes(16384)
+  assert large / small < 6, (small, large)  # Quadratic would be ~16.
