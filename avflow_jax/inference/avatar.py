@@ -79,6 +79,12 @@ def compiled_programs() -> int:
   return _sample_padded._cache_size()  # pylint: disable=protected-access
 
 
+# Inputs further than this from the training mean (in training stds) are refused: no real
+# ASR logit or participant feature is (the demo's reach about 10), and the flow would be sampled
+# far outside anything it learnt (1e30 tokens gave NaN, blamed on the checkpoint).
+MAX_INPUT_STDS = 1000.0
+
+
 class Avatar:
   """A trained AV-Flow avatar: tokens -> waveform, mel, face codes, head pose (+ rig channels)."""
 
@@ -151,7 +157,22 @@ class Avatar:
     if not np.isfinite(x).all():
       raise AvatarError(f"{name}: contains NaN or inf")
     x = x.astype(np.float32)
+    self._check_range(name, x)
     return x[None] if x.ndim == 2 else x
+
+  def _check_range(self, name: str, x: np.ndarray) -> None:
+    """Refuses values far outside the training data's (they would sample NaN, not motion)."""
+    stats = self.loaded.manifest.get("stats", {}).get(name)
+    if not stats:
+      return
+    z = np.abs((x - np.asarray(stats["mean"], np.float32))
+               / np.asarray(stats["std"], np.float32))
+    worst = float(z.max()) if np.isfinite(z).all() else float("inf")
+    if worst > MAX_INPUT_STDS:
+      raise AvatarError(f"{name}: values up to {float(np.abs(x).max()):.4g} lie {worst:.3g} "
+                        f"standard deviations from the training data's mean (limit "
+                        f"{MAX_INPUT_STDS:g}); pass {name} on the scale the avatar was trained "
+                        "on (raw wav2vec2 CTC logits for tokens)")
 
   def prepare(self, tokens, participant=None):
     """Validates and batches inputs: ((B, T, 29) tokens, participant or None, was_batched)."""

@@ -156,6 +156,11 @@ def test_bad_tokens(avatar):
     avatar.generate(np.zeros((0, 29), np.float32))
   with pytest.raises(api.AvatarError, match="participant"):
     avatar.generate(_tokens(10), participant=np.zeros((10, 87), np.float32))
+  # Huge but finite values are the input's fault, not a broken checkpoint's.
+  with pytest.raises(api.AvatarError, match=r"tokens: values up to 1e\+30 lie .* standard "
+                     r"deviations from the training data's mean \(limit 1000\)"):
+    avatar.generate(np.full((10, 29), 1e30, np.float32))
+  avatar.sample_motion(_tokens(10) * 5)  # Real-looking inputs pass.
 
 
 def test_face_rig_channels(workdir, tiny_shards, tmp_path):
