@@ -276,5 +276,6 @@ def test_trained_run(tmp_path):
   out = os.path.join(workdir, "eval", "val-step6", "report.json")  # The default output.
   report = _load(out)
   _check_report(report, 2, step=6)
-  assert all(v is not None for v in report["metrics"].values()), report["unavailable"]
+  # Everything but WER (these synthetic clips have no transcript; see test_wer_...).
+  assert set(report["unavailable"]) <= {"WER"}, report["unavailable"]
   assert os.path.exists(os.path.join(workdir, "eval", "val-step6", "report_val000.png"))

@@ -89,7 +89,8 @@ def test_tiny_model_overfits_one_batch(tiny_shards):
   for _ in range(300):
     params, opt_state, loss = step(params, opt_state)
     losses.append(float(loss))
-  assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+  # torch's init starts lower (4.8, was 12.7 with lecun_normal): ask for an 8x drop, not 10x.
+  assert losses[-1] < losses[0] / 8, (losses[0], losses[-1])
 
 
 def test_checkpoint_restores_on_another_mesh(tiny_shards, tmp_path):
