@@ -49,7 +49,7 @@ def test_initial_weights_follow_torch_default_init():
   The official model keeps torch's default Linear init; Flax's lecun_normal (sqrt(3) larger,
   zero biases) blows up the residual stream through the ungated fusion layers.
   """
-  model = dit.AVFlowTransformer(visual_dim=264, audio_dim=80, d_model=256, hidden_dim=512,
+  model = dit.AVFlowTransformer(visual_dim=264, audio_dim=80, d_model=64, hidden_dim=128,
                                 num_heads=4, windows=((8, 4),) * 2, attention_block=16)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 264)),
                                jnp.zeros((1, 16, 80)), jnp.zeros((1, 16, 29)),
