@@ -19,7 +19,6 @@ from absl import logging
 import grain
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from avflow_jax.core import checksums
@@ -86,12 +85,6 @@ def _quarantine(step_dir: str) -> str:
   return target
 
 
-def _all_finite(tree) -> bool:
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in xs])))(
-      leaves)) if leaves else True
-
-
 def _restore_one(manager, step, abstract_state, data_iter) -> tuple[Any, Optional[str]]:
   """(state, None) or (None, why the step is unusable)."""
   step_dir = os.path.join(str(manager.directory), str(step))
@@ -106,7 +99,7 @@ def _restore_one(manager, step, abstract_state, data_iter) -> tuple[Any, Optiona
   except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
     return None, f"unreadable ({type(e).__name__}: {first})"
-  if not _all_finite(state):
+  if not checksums.all_finite(state):
     return None, "its parameters or optimiser state contain NaN/inf"
   if not sealed:
     logging.warning("checkpoint %s has no %s (saved by an older version or killed before "

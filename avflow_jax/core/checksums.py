@@ -10,6 +10,7 @@ import os
 from typing import Iterable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 CHECKSUMS = "avflow_checksums.json"
@@ -78,7 +79,13 @@ def newest_verified_step(root: str, steps: Iterable[int]) -> tuple[Optional[int]
   return None, skipped
 
 
-def finite_params(tree) -> bool:
-  """Whether every float array of a (host or device) tree is finite."""
-  return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree)
-             if np.issubdtype(np.asarray(x).dtype, np.floating))
+def all_finite(tree) -> bool:
+  """Whether every float array of a tree (host or device, sharded or not) is finite.
+
+  One jitted reduction on the devices: no array is copied to the host.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if np.issubdtype(np.dtype(x.dtype), np.floating)]
+  if not leaves:
+    return True
+  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in xs])))(
+      leaves))

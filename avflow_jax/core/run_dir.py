@@ -137,7 +137,7 @@ def load_params(workdir: str, which: str = "ema", sharding=None,
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise AvatarError(f"{what}: cannot read the checkpoint under {checkpoint_root(workdir)} "
                       f"({msg[:300]})") from e
-  if not checksums.finite_params(restored[which]):
+  if not checksums.all_finite(restored[which]):
     raise AvatarError(f"{what}: {path}: the {which!r} weights contain NaN/inf (the run "
                       "diverged or the file is damaged); use an earlier checkpoint")
   return step, restored[which]

@@ -146,37 +146,34 @@ def test_sigkill_during_a_save_never_leaves_a_usable_partial_checkpoint(setup, r
   _assert_same_run(workdir, reference, resumed)
 
 
-def test_sigterm_saves_and_exits_75_then_resumes(setup, reference):
-  workdir = str(setup["base"] / "sigterm")
+def _stop_then_resume(setup, reference, name, signum):
+  """Sends `signum` after step 4; returns the saved step and stderr, after resuming to the end."""
+  workdir = str(setup["base"] / name)
   proc = subprocess.Popen(_cmd(setup, workdir, 10), cwd=ROOT, env=_env(4),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   assert _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")) and
                    max(_losses(workdir), default=0) >= 4, proc)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == errors.EXIT_PREEMPTED, err[-3000:]
   saved = run_dir.latest_checkpoint_dir(workdir)[0]
-  assert saved >= 4 and saved % 3 != 0  # An off-schedule checkpoint at the preemption step.
+  returncode = proc.returncode
   proc = _run(_cmd(setup, workdir, 10))
   assert proc.returncode == 0, proc.stderr[-3000:]
   _assert_same_run(workdir, reference, saved)
+  return returncode, saved, err
+
+
+def test_sigterm_saves_and_exits_75_then_resumes(setup, reference):
+  code, saved, err = _stop_then_resume(setup, reference, "sigterm", signal.SIGTERM)
+  assert code == errors.EXIT_PREEMPTED, err[-3000:]
+  assert saved >= 4 and saved % 3 != 0  # An off-schedule checkpoint at the preemption step.
 
 
 def test_ctrl_c_saves_and_exits_130_without_a_traceback_then_resumes(setup, reference):
-  workdir = str(setup["base"] / "sigint")
-  proc = subprocess.Popen(_cmd(setup, workdir, 10), cwd=ROOT, env=_env(4),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  assert _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")) and
-                   max(_losses(workdir), default=0) >= 4, proc)
-  proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 130, err[-3000:]
+  code, saved, err = _stop_then_resume(setup, reference, "sigint", signal.SIGINT)
+  assert code == 130, err[-3000:]
   assert "Traceback" not in err and "Interrupted at step" in err
-  saved = run_dir.latest_checkpoint_dir(workdir)[0]
   assert saved >= 4
-  proc = _run(_cmd(setup, workdir, 10))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  _assert_same_run(workdir, reference, saved)
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_trains_the_same_run(setup, reference):

@@ -1,5 +1,7 @@
 """The head VAE's blocked attention: equal to the full-attention module, same params, linear memory."""
 
+from unittest import mock
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,41 +12,27 @@ import pytest
 from avflow_jax.models import head_vae
 
 
-class _ReferenceLayer(nn.Module):
-  """The layer as it was before blocked attention: flax's attention with a T x T mask."""
-  d_model: int = 16
-  num_heads: int = 1
-  ff_dim: int = 2048
-  dropout: float = 0.1
-
-  @nn.compact
-  def __call__(self, x, mask=None, train: bool = False):
-    attn_mask = None
-    if mask is not None:
-      attn_mask = nn.make_attention_mask(mask, mask)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.d_model,
-                                        name="attn")(x, x, mask=attn_mask)
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    x = nn.LayerNorm(epsilon=1e-5, name="norm1")(x + y)
-    y = nn.Dense(self.ff_dim, name="ff1")(x)
-    y = nn.relu(y)
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = nn.Dense(self.d_model, name="ff2")(y)
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    return nn.LayerNorm(epsilon=1e-5, name="norm2")(x + y)
+def _dense_attention(query, key, value, mask=None, *, frame_mask=None, **unused):
+  """The layer's attention as it was before blocked attention: flax's, with a T x T mask."""
+  del mask, unused
+  full = None if frame_mask is None else nn.make_attention_mask(frame_mask, frame_mask)
+  return nn.dot_product_attention(query, key, value, mask=full)
 
 
 class _ReferenceVAE(head_vae.HeadVAE):
-  """HeadVAE with the reference layers (the module names, so the params, are the same)."""
+  """HeadVAE whose layers attend densely (the same modules, so the same params)."""
 
-  def setup(self):
-    self.enc_in = nn.Dense(self.hidden)
-    self.enc_layer = _ReferenceLayer(self.hidden, self.num_heads, self.ff_dim, self.dropout)
-    self.fc_mu = nn.Dense(self.latent_dim)
-    self.fc_var = nn.Dense(self.latent_dim)
-    self.dec_in = nn.Dense(self.hidden)
-    self.dec_layer = _ReferenceLayer(self.hidden, self.num_heads, self.ff_dim, self.dropout)
-    self.dec_out = nn.Dense(self.input_dim)
+  def __call__(self, *args, **kwargs):
+    with mock.patch.object(head_vae, "blocked_attention", _dense_attention):
+      return super().__call__(*args, **kwargs)
+
+  def encode(self, *args, **kwargs):
+    with mock.patch.object(head_vae, "blocked_attention", _dense_attention):
+      return super().encode(*args, **kwargs)
+
+  def decode(self, *args, **kwargs):
+    with mock.patch.object(head_vae, "blocked_attention", _dense_attention):
+      return super().decode(*args, **kwargs)
 
 
 def _mask(b, t):
