@@ -1,24 +1,34 @@
-"""Reads tensors from a torch zip checkpoint (`torch.save`, torch >= 1.6) without torch.
+"""Reads torch zip checkpoints (`torch.save`, torch >= 1.6) without torch.
 
 A checkpoint is `<dir>/data.pkl` plus raw little-endian storages `<dir>/data/<key>`. The pickle
-is read by a restricted unpickler that only resolves the few globals a plain tensor state dict
-needs (tensor rebuild, float storages, OrderedDict); anything else (e.g. `os.system`) is refused
+is read by a restricted unpickler that only resolves the few globals a checkpoint of tensors
+needs (tensor rebuild, storage classes, OrderedDict); anything else (e.g. `os.system`) is refused
 by name before it can run.
 
 Nothing is allocated from what the pickle claims. Unpickling only records, per tensor, its
 storage, offset, shape and stride, and per storage, its declared element count (checked against
 the zip member's declared size). Then every tensor's geometry is checked against its storage and
-the limits below, and only then are the storages the tensors use read (each zip member bounded
-by its declared size, see `core/safe_files.py`) and the tensors copied out with numpy.
+the limits below, and only then are the storages the wanted tensors use read (each zip member
+bounded by its declared size, see `core/safe_files.py`) and the tensors copied out with numpy.
+
+Two readers share this machinery:
+
+- `read_torch_state_dict`: a flat {name: tensor} dict (or {"generator": ...}), all float.
+- `read_torch_checkpoint`: any nesting of dicts, lists, tuples and plain scalars around the
+  tensors (a training checkpoint: weights, optimizer moments, the iteration), reading only the
+  tensors a `load` predicate selects; the others come back as `TensorInfo` placeholders and
+  their storages are never read, so a weights-only read of a 0.8 GB checkpoint with two Adam
+  moments reads about a third of it.
 """
 
 import collections
+import contextlib
 import io
 import math
 import os
 import pickle
 import pickletools
-from typing import Any, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import zipfile
 
 import numpy as np
@@ -38,12 +48,45 @@ TOTAL_ELEMENTS_PER_STORAGE_ELEMENT = 4
 # ... plus this floor (64 MiB of float32), so small checkpoints with expanded views still load.
 # The reproduced attack (one 4-byte storage viewed as 20000 x 20000 with stride 0) is 4e8.
 TOTAL_ELEMENTS_FLOOR = 2**24
+# Containers nested deeper than this are refused: a training checkpoint nests 4 deep, and the
+# walk over the unpickled object recurses once per level.
+MAX_DEPTH = 64
 
-# Storage class name -> numpy dtype of its little-endian bytes (bfloat16 is read as uint16).
-_STORAGE_DTYPES = {
-    "FloatStorage": np.dtype("<f4"),
-    "HalfStorage": np.dtype("<f2"),
-    "BFloat16Storage": np.dtype("<u2"),
+KeyPath = tuple  # dict keys (str or int) and list / tuple indices from the root, in order
+
+
+class TensorInfo(NamedTuple):
+  """A tensor `read_torch_checkpoint` was asked not to load: what it would have been.
+
+  Attributes:
+    shape: the tensor's shape.
+    dtype: torch's name of its stored element type ("float32", "float16", "bfloat16",
+      "int64", "int32" or "bool").
+  """
+  shape: tuple[int, ...]
+  dtype: str
+
+
+class _StorageKind(NamedTuple):
+  """A torch storage class: its bytes' little-endian numpy dtype, torch's name, what it reads as."""
+  raw: np.dtype
+  dtype: str
+  out: np.dtype
+
+
+# Storage class name -> kind (bfloat16 is read as uint16, then widened to float32).
+_FLOAT_STORAGES = {
+    "FloatStorage": _StorageKind(np.dtype("<f4"), "float32", np.dtype(np.float32)),
+    "HalfStorage": _StorageKind(np.dtype("<f2"), "float16", np.dtype(np.float32)),
+    "BFloat16Storage": _StorageKind(np.dtype("<u2"), "bfloat16", np.dtype(np.float32)),
+}
+# Training checkpoints may also hold integer and bool tensors (BatchNorm's num_batches_tracked,
+# older optimizers' step counts, masks); they keep their integer / bool meaning.
+_CHECKPOINT_STORAGES = {
+    **_FLOAT_STORAGES,
+    "LongStorage": _StorageKind(np.dtype("<i8"), "int64", np.dtype(np.int64)),
+    "IntStorage": _StorageKind(np.dtype("<i4"), "int32", np.dtype(np.int64)),
+    "BoolStorage": _StorageKind(np.dtype("u1"), "bool", np.dtype(bool)),
 }
 
 
@@ -53,14 +96,14 @@ class RefusedGlobalError(UntrustedFileError, pickle.UnpicklingError):
 
 # Tuples, so a pickle's BUILD opcode cannot set attributes on them.
 class _StorageType(NamedTuple):
-  """Stand-in for torch.<X>Storage: only remembers which dtype the raw bytes hold."""
+  """Stand-in for torch.<X>Storage: only remembers which storage class the pickle named."""
   name: str
 
 
 class _StorageRef(NamedTuple):
-  """A storage the pickle references: its zip member and element count, not yet read."""
+  """A storage the pickle references: its zip member, kind and element count, not yet read."""
   key: str
-  dtype: np.dtype
+  kind: _StorageKind
   numel: int
 
 
@@ -72,15 +115,25 @@ class _TensorSpec(NamedTuple):
   stride: Any
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
-  """Stands in for torch._utils._rebuild_tensor_v2: records the geometry, checked later."""
-  del requires_grad, backward_hooks, metadata  # irrelevant for inference weights
-  return _TensorSpec(storage, storage_offset, size, stride)
+class _RebuildTensorV2:
+  """Stands in for torch._utils._rebuild_tensor_v2: records the geometry, checked later.
+
+  An instance without a __dict__ (not a function): a pickle's BUILD opcode could otherwise set
+  attributes on the one object every load shares.
+  """
+  __slots__ = ()
+
+  def __call__(self, storage, storage_offset, size, stride, requires_grad=False,
+               backward_hooks=None, metadata=None):
+    del requires_grad, backward_hooks, metadata  # irrelevant for stored weights
+    return _TensorSpec(storage, storage_offset, size, stride)
+
+
+_rebuild_tensor_v2 = _RebuildTensorV2()
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-  """Unpickler for torch tensor state dicts that resolves no other globals.
+  """Unpickler for torch checkpoints that resolves no globals beyond tensors and OrderedDict.
 
   Storages are checked against their zip members' declared sizes here, but not read.
   """
@@ -92,7 +145,9 @@ class RestrictedUnpickler(pickle.Unpickler):
 
   def __init__(self, fileobj, zf: zipfile.ZipFile, prefix: str, src: str, *,
                max_storage_elements: int = MAX_TENSOR_ELEMENTS,
-               max_ratio: float = MAX_ZIP_RATIO):
+               max_ratio: float = MAX_ZIP_RATIO,
+               storage_kinds: dict[str, _StorageKind] | None = None,
+               allowed: str = "tensor state dicts"):
     super().__init__(fileobj)
     self._zf = zf
     self._prefix = prefix
@@ -100,23 +155,26 @@ class RestrictedUnpickler(pickle.Unpickler):
     self._archive_bytes = os.path.getsize(src)
     self._max_storage_elements = max_storage_elements
     self._max_ratio = max_ratio
+    self._kinds = _FLOAT_STORAGES if storage_kinds is None else storage_kinds
+    self._allowed_what = allowed
     self.storages: dict[str, _StorageRef] = {}
 
   def find_class(self, module, name):
     if (module, name) in self._ALLOWED:
       return self._ALLOWED[(module, name)]
-    if module == "torch" and name in _STORAGE_DTYPES:
+    if module == "torch" and name in self._kinds:
       return _StorageType(name)
     raise RefusedGlobalError(safe_files.one_line(
-        f"{self._src}: refusing to load global {module}.{name} (only tensor state dicts are "
+        f"{self._src}: refusing to load global {module}.{name} (only {self._allowed_what} are "
         "allowed)"))
 
   def persistent_load(self, pid):
-    # torch.save writes ('storage', storage_type, key, location, numel).
+    # torch.save writes ('storage', storage_type, key, location, numel); the location
+    # ('cpu', 'cuda:0') is where the tensor lived when saved, irrelevant to its bytes.
     if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
       raise safe_files.error(self._src, f"unsupported persistent id {pid!r:.200}")
     stype, key, numel = pid[1], pid[2], pid[4]
-    if not isinstance(stype, _StorageType) or stype.name not in _STORAGE_DTYPES:
+    if not isinstance(stype, _StorageType) or stype.name not in self._kinds:
       raise safe_files.error(self._src, f"storage of unsupported type {stype!r:.100}")
     if not (isinstance(key, (str, int)) and not isinstance(key, bool)
             and isinstance(numel, int) and not isinstance(numel, bool) and numel >= 0):
@@ -124,8 +182,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     if numel > self._max_storage_elements:
       raise safe_files.error(self._src, f"storage {key} has {numel} elements, over the limit "
                              f"of {self._max_storage_elements}")
-    key, dtype = str(key), _STORAGE_DTYPES[stype.name]
-    ref = _StorageRef(key, dtype, numel)
+    key, kind = str(key), self._kinds[stype.name]
+    ref = _StorageRef(key, kind, numel)
     if key in self.storages:
       if self.storages[key] != ref:
         raise safe_files.error(self._src, f"storage {key} is referenced with two types or "
@@ -138,9 +196,10 @@ class RestrictedUnpickler(pickle.Unpickler):
       raise safe_files.error(self._src, f"storage {key} missing from the archive") from e
     # The zip member's declared size must be what the pickle's element count needs: only then
     # do later reads (bounded by the declared size) give exactly the bytes the tensors index.
-    if info.file_size != numel * dtype.itemsize:
+    itemsize = kind.raw.itemsize
+    if info.file_size != numel * itemsize:
       raise safe_files.error(self._src, f"storage {key} declares {info.file_size} bytes, its "
-                             f"{numel} {stype.name} elements need {numel * dtype.itemsize}")
+                             f"{numel} {stype.name} elements need {numel * itemsize}")
     safe_files.check_zip_member(self._src, info, archive_bytes=self._archive_bytes,
                                 max_ratio=self._max_ratio)
     self.storages[key] = ref
@@ -174,16 +233,20 @@ def _check_geometry(src: str, key: str, spec: _TensorSpec, max_elements: int) ->
 
 
 def _materialise(spec: _TensorSpec, flat: np.ndarray) -> np.ndarray:
-  """Copies the strided view `spec` of `flat` (checked by `_check_geometry`) as float32."""
+  """Copies the strided view `spec` of `flat` (checked by `_check_geometry`) as its kind's out."""
+  kind = spec.storage.kind
   size = tuple(spec.size)
   if not math.prod(size):
-    return np.zeros(size, np.float32)
+    return np.zeros(size, kind.out)
   view = np.lib.stride_tricks.as_strided(
       flat[spec.offset:], shape=size, strides=[s * flat.itemsize for s in spec.stride],
       writeable=False)
-  if flat.dtype == np.uint16:  # bfloat16: its 16 bits are the top half of a float32.
-    return (view.astype(np.uint32) << 16).view(np.float32)
-  return np.array(view, dtype=np.float32)
+  # astype and in-place ops keep 0-d results arrays (a ufunc would return a numpy scalar).
+  if kind.dtype == "bfloat16":  # its 16 bits are the top half of a float32.
+    wide = view.astype(np.uint32)
+    wide <<= 16
+    return wide.view(np.float32)
+  return view.astype(kind.out)  # bool: any nonzero byte is True, as torch reads it
 
 
 def _check_opcodes(path: str, name: str, data: bytes) -> None:
@@ -198,6 +261,85 @@ def _check_opcodes(path: str, name: str, data: bytes) -> None:
       pass
   except Exception as e:  # pylint: disable=broad-except  (ValueError mostly; any is malformed)
     raise safe_files.error(path, f"malformed {name} ({type(e).__name__}: {e})") from e
+
+
+@contextlib.contextmanager
+def _unpickled(path: str, *, max_tensor_elements: int, max_pickle_bytes: int,
+               max_ratio: float, storage_kinds: dict[str, _StorageKind],
+               allowed: str) -> Iterator[tuple[zipfile.ZipFile, str, Any]]:
+  """Opens the checkpoint and unpickles data.pkl; yields (open zip, member prefix, object).
+
+  The zip stays open inside the block so the caller can read the storages it wants.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"torch checkpoint not found: {path}")
+  if not zipfile.is_zipfile(path):
+    raise safe_files.error(path, "not a torch zip checkpoint (truncated, or the legacy "
+                           "torch.save format, which is not supported; re-save it with "
+                           "torch >= 1.6)")
+  with safe_files.open_zip(path, "torch zip checkpoint") as zf:
+    names = zf.namelist()
+    pkls = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+    if len(pkls) != 1:
+      raise safe_files.error(path, f"expected one <dir>/data.pkl in the archive, found "
+                             f"{pkls[:4]}")
+    prefix = pkls[0][:-len("data.pkl")]
+    if f"{prefix}byteorder" in names:
+      order = safe_files.read_zip_member(path, zf, f"{prefix}byteorder", max_bytes=16)
+      if order.strip() != b"little":
+        raise safe_files.error(path, f"byteorder {order[:16]!r} is not supported")
+    data = safe_files.read_zip_member(path, zf, pkls[0], max_bytes=max_pickle_bytes,
+                                      max_ratio=max_ratio)
+    _check_opcodes(path, pkls[0], data)
+    unpickler = RestrictedUnpickler(io.BytesIO(data), zf, prefix, path,
+                                    max_storage_elements=max_tensor_elements,
+                                    max_ratio=max_ratio, storage_kinds=storage_kinds,
+                                    allowed=allowed)
+    try:
+      obj = unpickler.load()
+    except UntrustedFileError:
+      raise
+    # A malformed pickle raises any type (EOFError, KeyError on a bad memo, TypeError, ...).
+    except Exception as e:  # pylint: disable=broad-except
+      raise safe_files.error(path, f"malformed {pkls[0]} ({type(e).__name__}: {e})") from e
+    yield zf, prefix, obj
+
+
+def _check_total(path: str, counts: dict[str, int], refs: Sequence[_StorageRef],
+                 max_total_elements: int | None) -> None:
+  """Refuses tensors (name -> element count) holding more than the limit for their storages."""
+  if max_total_elements is None:
+    used = {r.key: r.numel for r in refs}
+    max_total_elements = (TOTAL_ELEMENTS_PER_STORAGE_ELEMENT * sum(used.values())
+                          + TOTAL_ELEMENTS_FLOOR)
+  total = sum(counts.values())
+  if total > max_total_elements:
+    biggest = max(counts, key=counts.get)
+    raise safe_files.error(path, f"tensors hold {total} elements in all, over the limit of "
+                           f"{max_total_elements} (largest: tensor {biggest!r}, "
+                           f"{counts[biggest]} elements)")
+
+
+def _read_tensors(path: str, zf: zipfile.ZipFile, prefix: str, specs: Sequence[_TensorSpec],
+                  max_ratio: float) -> Iterator[np.ndarray]:
+  """Yields the tensors `specs` (geometry checked), reading only the storages they use.
+
+  Each storage is read when its first tensor needs it and dropped after its last one, so the
+  memory held beyond the tensors themselves is the storages of the tensors in progress.
+  """
+  uses = collections.Counter(s.storage.key for s in specs)
+  flats = {}
+  for spec in specs:
+    ref = spec.storage
+    if ref.key not in flats:
+      raw = safe_files.read_zip_member(path, zf, f"{prefix}data/{ref.key}",
+                                       max_bytes=ref.numel * ref.kind.raw.itemsize,
+                                       max_ratio=max_ratio)
+      flats[ref.key] = np.frombuffer(raw, ref.kind.raw, count=ref.numel)
+    yield _materialise(spec, flats[ref.key])
+    uses[ref.key] -= 1
+    if not uses[ref.key]:
+      del flats[ref.key]
 
 
 def read_torch_state_dict(path: str, *, max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
@@ -227,36 +369,10 @@ def read_torch_state_dict(path: str, *, max_tensor_elements: int = MAX_TENSOR_EL
       there is one: not a torch zip checkpoint, big-endian, not a flat tensor dict, a tensor
       outside its storage or over a limit, a corrupt or oversized member.
   """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"torch checkpoint not found: {path}")
-  if not zipfile.is_zipfile(path):
-    raise safe_files.error(path, "not a torch zip checkpoint (truncated, or the legacy "
-                           "torch.save format, which is not supported; re-save it with "
-                           "torch >= 1.6)")
-  with safe_files.open_zip(path, "torch zip checkpoint") as zf:
-    names = zf.namelist()
-    pkls = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-    if len(pkls) != 1:
-      raise safe_files.error(path, f"expected one <dir>/data.pkl in the archive, found "
-                             f"{pkls[:4]}")
-    prefix = pkls[0][:-len("data.pkl")]
-    if f"{prefix}byteorder" in names:
-      order = safe_files.read_zip_member(path, zf, f"{prefix}byteorder", max_bytes=16)
-      if order.strip() != b"little":
-        raise safe_files.error(path, f"byteorder {order[:16]!r} is not supported")
-    data = safe_files.read_zip_member(path, zf, pkls[0], max_bytes=max_pickle_bytes,
-                                      max_ratio=max_ratio)
-    _check_opcodes(path, pkls[0], data)
-    unpickler = RestrictedUnpickler(io.BytesIO(data), zf, prefix, path,
-                                    max_storage_elements=max_tensor_elements,
-                                    max_ratio=max_ratio)
-    try:
-      obj = unpickler.load()
-    except UntrustedFileError:
-      raise
-    # A malformed pickle raises any type (EOFError, KeyError on a bad memo, TypeError, ...).
-    except Exception as e:  # pylint: disable=broad-except
-      raise safe_files.error(path, f"malformed {pkls[0]} ({type(e).__name__}: {e})") from e
+  with _unpickled(path, max_tensor_elements=max_tensor_elements,
+                  max_pickle_bytes=max_pickle_bytes, max_ratio=max_ratio,
+                  storage_kinds=_FLOAT_STORAGES, allowed="tensor state dicts") as (zf, prefix,
+                                                                                    obj):
     if isinstance(obj, dict) and "generator" in obj:
       obj = obj["generator"]
     if not isinstance(obj, dict) or not all(isinstance(v, _TensorSpec) for v in obj.values()):
@@ -265,27 +381,152 @@ def read_torch_state_dict(path: str, *, max_tensor_elements: int = MAX_TENSOR_EL
     if len(specs) != len(obj):  # e.g. keys 1 and "1": one would silently replace the other.
       raise safe_files.error(path, "two tensor keys have the same name")
     counts = {k: _check_geometry(path, k, s, max_tensor_elements) for k, s in specs.items()}
-    used = {s.storage.key: s.storage for s in specs.values()}
-    if max_total_elements is None:
-      max_total_elements = (TOTAL_ELEMENTS_PER_STORAGE_ELEMENT
-                            * sum(r.numel for r in used.values()) + TOTAL_ELEMENTS_FLOOR)
-    if sum(counts.values()) > max_total_elements:
-      biggest = max(counts, key=counts.get)
-      raise safe_files.error(path, f"tensors hold {sum(counts.values())} elements in all, over "
-                             f"the limit of {max_total_elements} (largest: tensor {biggest!r}, "
-                             f"{counts[biggest]} elements)")
-    # Each storage is read when its first tensor needs it and dropped after its last one.
-    uses = collections.Counter(s.storage.key for s in specs.values())
-    flats, out = {}, {}
-    for k, spec in specs.items():
-      ref = spec.storage
-      if ref.key not in flats:
-        raw = safe_files.read_zip_member(path, zf, f"{prefix}data/{ref.key}",
-                                         max_bytes=ref.numel * ref.dtype.itemsize,
-                                         max_ratio=max_ratio)
-        flats[ref.key] = np.frombuffer(raw, ref.dtype, count=ref.numel)
-      out[k] = _materialise(spec, flats[ref.key])
-      uses[ref.key] -= 1
-      if not uses[ref.key]:
-        del flats[ref.key]
-  return out
+    _check_total(path, counts, [s.storage for s in specs.values()], max_total_elements)
+    return dict(zip(specs, _read_tensors(path, zf, prefix, list(specs.values()), max_ratio)))
+
+
+def _describe(keypath: KeyPath) -> str:
+  """`keypath` as Python indexing (["model_state_dict"]["w"]), cut to 200 characters."""
+  text = "".join(f"[{k!r}]" for k in keypath) or "(the whole checkpoint)"
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _what(x) -> str:
+  """A name for a value a checkpoint may not hold, without repr() (it may be huge)."""
+  if isinstance(x, _StorageRef):
+    return "bare storage (not inside a tensor)"
+  if isinstance(x, _StorageType):
+    return f"storage class torch.{x.name}"
+  if x is _rebuild_tensor_v2 or x is collections.OrderedDict:
+    return "global (a function or class, not a value)"
+  return f"value of type {type(x).__name__}"
+
+
+_PLAIN_TYPES = (int, float, bool, str, type(None))
+_CONTAINER_TYPES = (dict, collections.OrderedDict, list, tuple)
+
+
+def _convert(path: str, root: Any, on_tensor: Callable[[KeyPath, _TensorSpec], Any]) -> Any:
+  """A copy of the unpickled `root` as plain Python, each tensor replaced by `on_tensor`'s value.
+
+  Exact types only: the stand-ins (_TensorSpec, storages) are tuples, and must not pass as
+  ones. An object the pickle references twice (its memo) is converted once and shared, as
+  torch.load shares it; `on_tensor` sees the first key path that reaches it. Sharing makes the
+  walk linear in the pickle's objects (a chain of tuples each holding the next twice would
+  otherwise double the work per link); a cycle is refused.
+  """
+  memo: dict[int, Any] = {}
+  active: set[int] = set()
+
+  def visit(x, keypath: KeyPath):
+    t = type(x)
+    if t in _PLAIN_TYPES:
+      return x
+    if id(x) in memo:
+      return memo[id(x)]
+    if t is _TensorSpec:
+      memo[id(x)] = out = on_tensor(keypath, x)
+      return out
+    if t not in _CONTAINER_TYPES:
+      raise safe_files.error(path, f"{_describe(keypath)} is a {_what(x)}; a checkpoint may "
+                             "only hold tensors, dicts, lists, tuples, str, int, float, bool "
+                             "and None")
+    if id(x) in active:
+      raise safe_files.error(path, f"{_describe(keypath)} contains itself")
+    if len(keypath) >= MAX_DEPTH:
+      raise safe_files.error(path, f"{_describe(keypath)}: containers nested over "
+                             f"{MAX_DEPTH} deep")
+    active.add(id(x))
+    if t is list or t is tuple:
+      out = [visit(v, keypath + (i,)) for i, v in enumerate(x)]
+      out = out if t is list else tuple(out)
+    else:
+      out = {}
+      for k, v in x.items():
+        # int64 bounds keep every key printable (str() of a huge int raises) and hashable cheaply.
+        if not (type(k) is str or (type(k) is int and k.bit_length() < 64)):
+          raise safe_files.error(path, f"{_describe(keypath)} has a dict key that is a "
+                                 f"{_what(k)}; only str and int keys are supported")
+        out[k] = visit(v, keypath + (k,))
+    active.discard(id(x))
+    memo[id(x)] = out
+    return out
+
+  return visit(root, ())
+
+
+def read_torch_checkpoint(path: str, *, load: Callable[[KeyPath], bool] = lambda keypath: True,
+                          max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
+                          max_total_elements: int | None = None,
+                          max_pickle_bytes: int = MAX_PICKLE_BYTES,
+                          max_ratio: float = MAX_ZIP_RATIO) -> Any:
+  """Reads a nested torch zip checkpoint without torch, loading only the tensors asked for.
+
+  For example, the weights of an official AV-Flow training checkpoint without its Adam moments:
+
+    ckpt = read_torch_checkpoint(path, load=lambda kp: kp[0] == "model_state_dict")
+    weights = ckpt["model_state_dict"]
+
+  Args:
+    path: a `torch.save` file (zip format, torch >= 1.6) of tensors inside any nesting of dicts
+      (OrderedDicts), lists and tuples, with str, int, float, bool and None values, e.g.
+      {"iteration": 500000, "model_state_dict": {...}, "optimizer_state_dict": {"state": {0:
+      {"step": ..., "exp_avg": ...}}, "param_groups": [...]}}. Float32, float16, bfloat16,
+      int64, int32 and bool tensors; the device a tensor was saved from is ignored.
+    load: called with each tensor's key path (the dict keys and list / tuple indices from the
+      root, e.g. ("model_state_dict", "encoder.0.weight")); only the tensors it returns true
+      for are read. A tensor the pickle shares between places (tied weights) is asked about, and
+      read, once: at the first key path that reaches it.
+    max_tensor_elements: the largest element count of one tensor (loaded or not), and of one
+      storage.
+    max_total_elements: the largest element count of the loaded tensors together; by default
+      TOTAL_ELEMENTS_PER_STORAGE_ELEMENT times the elements of the storages they use, plus
+      TOTAL_ELEMENTS_FLOOR.
+    max_pickle_bytes: the largest `data.pkl` accepted.
+    max_ratio: the largest compression ratio of a zip member (deflate bombs).
+
+  Returns:
+    The checkpoint as plain Python: dict (for dict and OrderedDict, in the saved order), list,
+    tuple, str, int, float, bool, None. Each loaded tensor is a numpy array: float32 for float
+    tensors, int64 for integer ones, bool for bool ones (0-d tensors are 0-d arrays); each
+    other tensor is a `TensorInfo` (shape, dtype) and none of its bytes are read. Objects the
+    pickle shares are shared in the result, as torch.load shares them.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    RefusedGlobalError: the pickle names a global outside the allow-list (an
+      UntrustedFileError and a pickle.UnpicklingError).
+    UntrustedFileError: (a ValueError) with one line naming the file, and the key path where
+      there is one: not a torch zip checkpoint, big-endian, a value of another type (bytes, a
+      set, a bare storage), a container that contains itself or is nested over MAX_DEPTH deep,
+      a tensor outside its storage or over a limit, a corrupt or oversized member.
+  """
+  with _unpickled(path, max_tensor_elements=max_tensor_elements,
+                  max_pickle_bytes=max_pickle_bytes, max_ratio=max_ratio,
+                  storage_kinds=_CHECKPOINT_STORAGES,
+                  allowed="tensors and plain containers") as (zf, prefix, obj):
+    # First walk: check every tensor's geometry (reading nothing) and choose those to read.
+    wanted: list[_TensorSpec] = []
+    counts: dict[str, int] = {}
+
+    def check(keypath: KeyPath, spec: _TensorSpec) -> None:
+      name = _describe(keypath)
+      n = _check_geometry(path, name, spec, max_tensor_elements)
+      if load(keypath):
+        wanted.append(spec)
+        # Names cut to 200 characters could collide, and a collision would drop a count.
+        counts[name if name not in counts else f"{name} (#{len(counts)})"] = n
+      return None
+
+    _convert(path, obj, check)
+    _check_total(path, counts, [s.storage for s in wanted], max_total_elements)
+    arrays = dict(zip(map(id, wanted), _read_tensors(path, zf, prefix, wanted, max_ratio)))
+
+    # Second walk: the same structure with the arrays, or placeholders for the others.
+    def value(keypath: KeyPath, spec: _TensorSpec):
+      del keypath
+      if id(spec) in arrays:
+        return arrays[id(spec)]
+      return TensorInfo(tuple(spec.size), spec.storage.kind.dtype)
+
+    return _convert(path, obj, value)
