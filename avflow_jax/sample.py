@@ -51,10 +51,19 @@ def make_parser() -> argparse.ArgumentParser:
   src.add_argument("--audio", help="speech .wav (needs --asr-weights)")
   src.add_argument("--text", help="text to speak (needs --t2t-workdir)")
   p.add_argument("--output", required=True, help="output directory")
-  p.add_argument("--steps", type=int, default=8, help="Euler steps of the ODE solver")
+  p.add_argument("--steps", type=int, default=None,
+                 help="Euler steps of the ODE solver (default 8; 16 with --official)")
   p.add_argument("--seed", type=int, default=0, help="noise seed")
   p.add_argument("--num-samples", type=int, default=1, help="samples of the same input")
   p.add_argument("--temperature", type=float, default=1.0, help="scale of the initial noise")
+  p.add_argument("--noise", help="initial noise .npy, (T, V + A) or (NUM_SAMPLES, T, V + A) in "
+                 "the official layout [face | head latent | mel]: replays a run exactly")
+  p.add_argument("--no-clip", action="store_true",
+                 help="vocode the mel unclipped and keep the waveform's peaks (a float WAV), "
+                 "as the official code")
+  p.add_argument("--official", action="store_true",
+                 help="sample as the official code: 16 Euler steps unless --steps is given, "
+                 "--audio tokens upsampled at its fixed 49.99 -> 86.13 fps scale, --no-clip")
   p.add_argument("--max-seconds", type=float, default=buckets.DEFAULT_MAX_SECONDS,
                  help="longest input accepted, in seconds (default %(default)g, 20 minutes; "
                       "memory grows with length: the demo avatar peaks at 2.8 GB for 10 "
@@ -131,6 +140,10 @@ def load_audio_file(path: str) -> tuple[np.ndarray, int]:
 
 def check_arguments(args) -> None:
   """Checks that need no model: one input, its companions, numbers."""
+  if args.steps is None:  # The paper samples with 8 steps, the official recipe with 16.
+    args.steps = 16 if args.official else 8
+  if args.official:
+    args.no_clip = True
   if not (args.tokens or args.audio or args.text is not None or args.compare):
     raise InputError("give an input: --tokens FILE.npy, --audio FILE.wav, --text \"...\" or "
                      "--compare CLIP")
@@ -226,7 +239,8 @@ def run(args, log=print) -> dict[str, Any]:
           participant = np.asarray(record["participant"], np.float32)
     if audio is not None:
       t0 = time.perf_counter()
-      tokens = avatar_lib.tokens_from_audio(audio[0], audio[1], args.asr_weights)
+      tokens = avatar_lib.tokens_from_audio(audio[0], audio[1], avatar_lib.load_asr(
+          args.asr_weights), official=args.official)
       timings["asr"] = time.perf_counter() - t0
       log(f"ASR tokens: {tokens.shape[0]} frames in {timings['asr']:.1f} s")
     if args.text is not None:
@@ -252,10 +266,15 @@ def run(args, log=print) -> dict[str, Any]:
     batch = np.broadcast_to(tokens, (k,) + tokens.shape)
     part = None if participant is None else np.broadcast_to(participant,
                                                             (k,) + participant.shape)
+    noise = None
+    if args.noise:
+      noise = _load_npy(args.noise, "--noise")
+      if noise.ndim == 2:
+        noise = np.broadcast_to(noise, (k,) + noise.shape)
     t0 = time.perf_counter()
     before = avatar_lib.compiled_programs()
     motion = avatar.sample_motion(batch, seed=args.seed, num_steps=args.steps, participant=part,
-                                  temperature=args.temperature)
+                                  temperature=args.temperature, noise=noise)
     timings["sample"] = time.perf_counter() - t0
     timings["compiled"] = avatar_lib.compiled_programs() - before
     seconds = tokens.shape[0] / C.FRAME_RATE
@@ -263,7 +282,7 @@ def run(args, log=print) -> dict[str, Any]:
         + (" (including compilation)" if timings["compiled"] else ""))
 
     t0 = time.perf_counter()
-    waveforms = avatar.vocode(motion["mel"])
+    waveforms = avatar.vocode(motion["mel"], clip=not args.no_clip)
     timings["vocoder"] = time.perf_counter() - t0
     log(f"vocoded with {avatar.vocoder.name} in {timings['vocoder']:.1f} s")
 
@@ -276,7 +295,8 @@ def run(args, log=print) -> dict[str, Any]:
         from avflow_jax.core import face_rig  # pylint: disable=g-import-not-at-top
         sample["rig_channels"] = face_rig.CHANNELS
       meta = {"seed": args.seed, "sample_index": i, "num_steps": args.steps,
-              "temperature": args.temperature, "checkpoint_step": avatar.loaded.step}
+              "temperature": args.temperature, "checkpoint_step": avatar.loaded.step,
+              "noise_file": args.noise or "", "clipped": not args.no_clip}
       outputs.write_sample(staging, name, sample, avatar=avatar, tokens=tokens, gt=gt, meta=meta,
                    timings=timings)
       log(f"[{i + 1}/{k}] {name}: wav, npz, mp4, png")

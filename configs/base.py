@@ -28,6 +28,8 @@ def get_config(arg=None):
   c.data.crop_frames = 345  # Training segment length in mel frames (4.0 s at 86.13 fps).
   c.data.num_workers = 0  # Grain multiprocessing workers per host (0 = read in the main process).
   c.data.participant = False  # Dyadic setting: condition on the participant's 87-d features.
+  c.data.stats_from = config_dict.placeholder(str)  # Shard/normalisation dir whose manifest
+  # stats normalise the streams instead of data.dir's (set by init.workdir; see below).
   c.data.cache_mb = 1024  # Decoded clips kept in memory per reader process (0 = none): a crop
   # reads a whole clip, so re-reading it for every crop dominates on small corpora.
 
@@ -43,6 +45,16 @@ def get_config(arg=None):
   c.model.fusion = True  # Highway fusion between the towers (False = the ablation).
   c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
   c.model.remat = False  # Rematerialise blocks in the backward pass (saves memory, costs time).
+
+  # ---- Initial weights (fine-tuning) -------------------------------------------------------
+  c.init = ml_collections.ConfigDict()
+  c.init.workdir = config_dict.placeholder(str)  # Start from this AV run's weights (e.g. one
+  # made by `python -m avflow_jax.import_official`) instead of a random init, at step 0.
+  c.init.which = "params"  # Its weights to start from: "params" or "ema".
+  c.init.adam_moments = False  # Also start Adam's moments from its checkpoint (an imported
+  # official file's exp_avg / exp_avg_sq, or the run's own optimiser state).
+  c.init.stats = True  # Keep its normalisation statistics (its weights were trained with them):
+  # data.stats_from is set to its data, so data.dir only supplies the crops.
 
   # ---- Head-pose VAE -----------------------------------------------------------------------
   c.head_vae = ml_collections.ConfigDict()
@@ -67,6 +79,7 @@ def get_config(arg=None):
   c.optim.b1 = 0.9  # Adam beta1.
   c.optim.b2 = 0.98  # Adam beta2.
   c.optim.weight_decay = 0.0  # Decoupled (AdamW) weight decay.
+  c.optim.eps = 1e-8  # Adam's epsilon (optax's default; the official trainer used 1e-9).
   c.optim.warmup_steps = 0  # Linear warmup from 0 to lr.
   c.optim.schedule = "constant"  # After warmup: "constant" or "cosine" (decays to 0 at num_steps).
   c.optim.grad_clip = 0.0  # Global-norm clipping threshold (0 = off, as the official recipe).

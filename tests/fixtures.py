@@ -37,8 +37,8 @@ def fake_asr_module(calls: list) -> types.ModuleType:
     calls.append(("load", path))
     return {"path": path}
 
-  def extract_tokens(audio, sample_rate, params):
-    del params
+  def extract_tokens(audio, sample_rate, params, **kwargs):
+    del params, kwargs
     calls.append(("extract", len(audio), sample_rate))
     n = synthetic.n_tokens(len(audio) / sample_rate)
     base = np.linspace(-1, 1, n)[:, None] * (1 + np.arange(C.TOKEN_DIM))[None]

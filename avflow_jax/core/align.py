@@ -52,6 +52,24 @@ def resample_stream(x: np.ndarray, src_rate: float, num_frames: int,
   return (x[i0] * (1.0 - w) + x[i1] * w).astype(np.float32)
 
 
+# The official sampler's token upsampling (utils/test.py `upsample`): a fixed scale from a
+# nominal 49.99 fps to 86.13281230 fps, floor(N * scale) frames, whatever the audio's length.
+OFFICIAL_TOKEN_RATE = 49.99
+OFFICIAL_FRAME_RATE = 86.13281230
+
+
+def official_token_upsample(x: np.ndarray) -> np.ndarray:
+  """ASR tokens at the wav2vec2 rate -> the mel grid, exactly as the official sampler does.
+
+  PyTorch's `interpolate(scale_factor=s, mode="linear", align_corners=False)` with
+  s = 86.13281230 / 49.99: floor(N * s) output frames, output frame i reads source position
+  max(0, (i + 0.5) / s - 0.5). The project's own path (`resample_stream` at the stretched rate
+  to the mel length of the audio) differs by a fraction of a frame and in length.
+  """
+  n = int(math.floor(np.asarray(x).shape[0] * (OFFICIAL_FRAME_RATE / OFFICIAL_TOKEN_RATE)))
+  return resample_stream(x, OFFICIAL_TOKEN_RATE, n, OFFICIAL_FRAME_RATE)
+
+
 def resample_mask(observed: np.ndarray, src_rate: float, num_frames: int) -> np.ndarray:
   """Observation mask on the mel grid: the "any missing neighbour" rule.
 

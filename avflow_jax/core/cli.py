@@ -1,6 +1,8 @@
 """The shared shape of the package's command-line entry points (sample, evaluate, ...)."""
 
 import argparse
+import importlib.util
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -34,3 +36,26 @@ def run(argv: Optional[Sequence[str]], make_parser: Callable, body: Callable,
       print(f"error: {e}", file=sys.stderr)
       return EXIT_BAD_INPUT
   return 0
+
+
+def load_config_file(spec: str, what: str = "--config"):
+  """`get_config(arg)` of a config file given as PATH or PATH:ARG (as `train --config` takes).
+
+  Raises:
+    InputError: the file is missing, does not import, or has no get_config (one line).
+  """
+  path, _, arg = spec.partition(":")
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isfile(path):
+    raise InputError(f"{what} {path}: file missing")
+  # Config files import their base as `configs.base`: make the checkout they live in importable.
+  root = os.path.dirname(os.path.dirname(path))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  try:
+    module_spec = importlib.util.spec_from_file_location("avflow_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+  except Exception as e:  # pylint: disable=broad-except  (a config file can raise anything)
+    raise InputError(f"{what} {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e

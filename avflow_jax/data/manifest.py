@@ -44,6 +44,33 @@ def load_manifest(data_dir: str, *, max_bytes: int = safe_files.MAX_JSON_BYTES) 
   return manifest
 
 
+def with_stats_from(manifest: dict, data_dir: str, stats_dir) -> dict:
+  """`manifest` with the normalisation statistics of STATS_DIR/manifest.json, if given.
+
+  A fine-tuned model keeps the statistics its initial weights were trained with (an imported
+  official model's, say), while `data_dir` supplies the clips. The streams both manifests have
+  must have the same widths.
+
+  Raises:
+    FileNotFoundError / ValueError: naming STATS_DIR's manifest and the stream that differs.
+  """
+  if not stats_dir:
+    return manifest
+  other = load_manifest(stats_dir)
+  path = os.path.join(os.path.expanduser(stats_dir), MANIFEST)
+  for name, width in manifest["dims"].items():
+    theirs = other["dims"].get(name)
+    if width and theirs is not None and int(theirs) != int(width):
+      raise ValueError(f"{path}: stream {name!r} is {theirs}-d there, {width}-d in "
+                       f"{data_dir}/{MANIFEST} (data.stats_from must describe the same streams)")
+  missing = [n for n, w in manifest["dims"].items() if w and n in NORMALISED
+             and n not in other["stats"]]
+  if missing:
+    raise ValueError(f"{path}: no statistics for {missing} (data.stats_from)")
+  return dict(manifest, stats=other["stats"], stats_from=os.path.abspath(
+      os.path.expanduser(stats_dir)))
+
+
 def shard_paths(data_dir: str, manifest: dict, split: str) -> list[str]:
   if split not in manifest["splits"]:
     raise ValueError(f"split {split!r} is not in the manifest of {data_dir} (has "

@@ -67,10 +67,11 @@ def _unit_quaternions(head: np.ndarray) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("num_steps",))
 def _sample_padded(av_model, head_vae, params, tokens, rng, lengths, participant, temperature,
-                   *, num_steps: int):
+                   x0, *, num_steps: int):
   """`sampling.sample` on a batch padded to a length bucket (padding is masked inside)."""
   out = sampling.sample(av_model, head_vae, params, tokens, rng, num_steps=num_steps,
-                        participant=participant, lengths=lengths, temperature=temperature)
+                        participant=participant, lengths=lengths, temperature=temperature,
+                        x0=x0)
   return {"mel": out["mel"], "face": out["face"], "head": out["head"]}
 
 
@@ -221,7 +222,7 @@ class Avatar:
     buckets_lib.check_length(num_frames, self.max_seconds, what=what, hint=hint)
 
   def sample_motion(self, tokens, *, seed: int = 0, num_steps: int = 8, participant=None,
-                    temperature: float = 1.0) -> dict[str, np.ndarray]:
+                    temperature: float = 1.0, noise=None) -> dict[str, np.ndarray]:
     """Runs the flow sampler only: {"mel", "face", "head"} batched (B, T, .) numpy arrays.
 
     Args:
@@ -230,6 +231,9 @@ class Avatar:
       num_steps: Euler steps.
       participant: (T, 87) or (B, T, 87) raw participant features (dyadic avatars only).
       temperature: scale of the initial noise.
+      noise: optional initial noise, (T, V + A) or (B, T, V + A) in the official layout [face
+        codes | head latent | mel] (normalised units), used as given instead of drawing it
+        from `seed` (and `temperature`): replays a run of the official sampler.
 
     Raises:
       AvatarError: bad inputs, or tokens longer than `max_seconds` (checked before any compute).
@@ -245,11 +249,13 @@ class Avatar:
     if part is not None:
       part = np.pad(part, pad)
     lengths = np.full((b,), t, np.int32)
+    x0 = None if noise is None else np.pad(self._check_noise(noise, b, t), pad)
     before = compiled_programs()
     out = _sample_padded(self.loaded.model, self.loaded.head_vae, self.loaded.params,
                          jnp.asarray(tok), jax.random.PRNGKey(seed), jnp.asarray(lengths),
                          None if part is None else jnp.asarray(part),
-                         jnp.float32(temperature), num_steps=int(num_steps))
+                         jnp.float32(temperature), None if x0 is None else jnp.asarray(x0),
+                         num_steps=int(num_steps))
     out = jax.device_get(out)
     bad = [k for k, v in out.items() if not np.isfinite(v[:, :t]).all()]
     if bad:
@@ -261,6 +267,20 @@ class Avatar:
       logging.info("compiled the sampler for batch %d x %d frames (bucket of %d), %d steps",
                    b, tp, t, num_steps)
     return {k: np.asarray(v[:, :t], np.float32) for k, v in out.items()}
+
+  def _check_noise(self, noise, b: int, t: int) -> np.ndarray:
+    """`noise` as a (B, T, V + A) float32 array; AvatarError naming the expected shape."""
+    x = np.asarray(noise, np.float32)
+    if x.ndim == 2:
+      x = x[None]
+    width = self.loaded.model.visual_dim + self.loaded.model.audio_dim
+    if x.shape != (b, t, width):
+      raise AvatarError(f"noise has shape {np.shape(noise)}, expected {(b, t, width)} (frames "
+                        f"x [face {self.dims['face']} | head latent "
+                        f"{self.loaded.head_vae.latent_dim} | mel {self.dims['mel']}])")
+    if not np.isfinite(x).all():
+      raise AvatarError("noise contains NaN or inf")
+    return x
 
   def warmup(self, num_frames: int, batch: int = 1, num_steps: int = 8) -> None:
     """Compiles the sampler for the bucket of `num_frames` (so later calls are not timed with it)."""
@@ -281,15 +301,19 @@ class Avatar:
       out["rig_30fps"] = self.face_rig.decode(out["face_30fps"], clip=True)
     return out
 
-  def vocode(self, mel) -> np.ndarray:
+  def vocode(self, mel, clip: bool = True) -> np.ndarray:
     """(T, 80) or (B, T, 80) AV-Flow log-mel -> float32 waveform at 22,050 Hz (T * 256 samples).
 
-    The mel is clipped to MEL_VOCODER_RANGE first (only for the vocoder; outputs keep it raw).
+    The mel is clipped to MEL_VOCODER_RANGE first (only for the vocoder; outputs keep it raw)
+    and the waveform to [-1, 1]; `clip=False` does neither, as the official code.
     """
-    return vocoder_lib.mel_to_audio(self.vocoder, np.clip(mel, *MEL_VOCODER_RANGE))
+    if clip:
+      mel = np.clip(mel, *MEL_VOCODER_RANGE)
+    return vocoder_lib.mel_to_audio(self.vocoder, mel, clip=clip)
 
   def generate(self, tokens, *, seed: int = 0, num_steps: int = 8, participant=None,
-               temperature: float = 1.0, vocode: bool = True) -> dict[str, Any]:
+               temperature: float = 1.0, vocode: bool = True, noise=None,
+               clip: bool = True) -> dict[str, Any]:
     """Generates voice and motion from ASR tokens.
 
     Args:
@@ -299,6 +323,8 @@ class Avatar:
       participant: raw participant features for dyadic avatars.
       temperature: scale of the initial noise.
       vocode: also run the vocoder (else no "waveform").
+      noise: optional initial noise (see `sample_motion`).
+      clip: clip the mel and waveform for the vocoder (False: unclipped, as the official code).
 
     Returns:
       For (T, 29) input: {"waveform": (T * 256,) float32 at 22,050 Hz, "mel": (T, 80),
@@ -308,13 +334,13 @@ class Avatar:
       "frame_rate" and (with a rig) "rig_channels".
     """
     raw = self.sample_motion(tokens, seed=seed, num_steps=num_steps, participant=participant,
-                             temperature=temperature)
+                             temperature=temperature, noise=noise)
     batched = np.ndim(tokens) == 3
     per = [self.motion_outputs(raw["mel"][i], raw["face"][i], raw["head"][i])
            for i in range(raw["mel"].shape[0])]
     out = {k: np.stack([p[k] for p in per]) for k in per[0]}
     if vocode:
-      out["waveform"] = self.vocode(out["mel"])
+      out["waveform"] = self.vocode(out["mel"], clip=clip)
     if not batched:
       out = {k: v[0] for k, v in out.items()}
     out["sample_rate"] = C.SAMPLE_RATE
@@ -326,7 +352,8 @@ class Avatar:
 
   # ---- Speech -> tokens ------------------------------------------------------------------------
 
-  def tokens_from_audio(self, wav, sr: int, asr_weights: str) -> np.ndarray:
+  def tokens_from_audio(self, wav, sr: int, asr_weights: str,
+                        official: bool = False) -> np.ndarray:
     """ASR token logits of a waveform, on the mel grid of its 22,050 Hz version.
 
     The same path as data prep (data_prep/clip.py): wav2vec2 logits at ~50 Hz, stretched so
@@ -336,11 +363,13 @@ class Avatar:
       wav: (N,) mono float waveform in [-1, 1].
       sr: its sample rate.
       asr_weights: wav2vec2-base-960h safetensors.
+      official: upsample the logits as the official sampler does instead (fixed 49.99 ->
+        86.1328123 fps scale, floor(N * scale) frames; `align.official_token_upsample`).
 
     Returns:
       (T, 29) float32 tokens.
     """
-    return tokens_from_audio(wav, sr, self._load_asr(asr_weights))
+    return tokens_from_audio(wav, sr, self._load_asr(asr_weights), official=official)
 
   def _load_asr(self, asr_weights: str):
     if asr_weights not in self._asr:
@@ -365,8 +394,12 @@ def load_asr(asr_weights: str):
     raise AvatarError(f"ASR weights {asr_weights}: cannot load wav2vec2 ({msg})") from e
 
 
-def tokens_from_audio(wav, sr: int, asr_model) -> np.ndarray:
-  """(N,) waveform at `sr` -> (T, 29) tokens on the mel grid (see `Avatar.tokens_from_audio`)."""
+def tokens_from_audio(wav, sr: int, asr_model, official: bool = False) -> np.ndarray:
+  """(N,) waveform at `sr` -> (T, 29) tokens on the mel grid (see `Avatar.tokens_from_audio`).
+
+  With `official`, the logits are upsampled as the official sampler does
+  (`align.official_token_upsample`) instead of stretched onto the audio's mel length.
+  """
   from avflow_jax.core import align  # pylint: disable=g-import-not-at-top
   from avflow_jax.core import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from avflow_jax.models import asr  # pylint: disable=g-import-not-at-top
@@ -381,9 +414,13 @@ def tokens_from_audio(wav, sr: int, asr_model) -> np.ndarray:
   t = audio_lib.resample(wav, int(sr)).shape[0] // C.HOP_LENGTH
   if t < 1:
     raise AvatarError(f"audio too short: {seconds:.3f} s gives no mel frame")
-  tok = np.asarray(asr.extract_tokens(wav, int(sr), asr_model), np.float32)
+  # The official extraction runs 100 s chunks; ours 20 s (faster, same logits but at the seams).
+  kw = {"chunk_seconds": 100.0} if official else {}
+  tok = np.asarray(asr.extract_tokens(wav, int(sr), asr_model, **kw), np.float32)
   if tok.ndim != 2 or tok.shape[1] != C.TOKEN_DIM or tok.shape[0] == 0:
     raise AvatarError(f"the ASR model returned shape {tok.shape} (expected (N, {C.TOKEN_DIM}))")
+  if official:
+    return align.official_token_upsample(tok)
   return align.resample_stream(tok, align.stretched_rate(tok.shape[0], seconds), t)
 
 

@@ -135,7 +135,8 @@ def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None
     raise AvatarError(f"{workdir}: a {task!r} run, not an avatar (AV) run")
   data_dir = _resolve_data_dir(workdir, config, data_dir)
   try:
-    manifest = manifest_lib.load_manifest(data_dir)
+    manifest = manifest_lib.with_stats_from(manifest_lib.load_manifest(data_dir), data_dir,
+                                            config.data.get("stats_from"))
   except (FileNotFoundError, ValueError) as e:
     raise AvatarError(str(e)) from e
   dims = manifest["dims"]

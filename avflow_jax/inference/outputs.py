@@ -64,8 +64,10 @@ class Staging:
 
 def _write_wav(path: str, waveform: np.ndarray, sample_rate: int) -> None:
   import soundfile  # pylint: disable=g-import-not-at-top
-  soundfile.write(path, np.clip(waveform, -1.0, 1.0), sample_rate, subtype="PCM_16",
-                  format="WAV")
+  if np.abs(waveform).max(initial=0.0) > 1.0:  # Unclipped (official) audio: 16-bit would clip.
+    soundfile.write(path, waveform, sample_rate, subtype="FLOAT", format="WAV")
+    return
+  soundfile.write(path, waveform, sample_rate, subtype="PCM_16", format="WAV")
 
 
 def _write_npz(path: str, arrays: dict[str, Any]) -> None:

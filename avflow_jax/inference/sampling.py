@@ -27,7 +27,7 @@ def _denorm(x, stats, name):
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("num_steps",))
 def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
            participant: Optional[jax.Array] = None, lengths: Optional[jax.Array] = None,
-           temperature: float = 1.0):
+           temperature: float = 1.0, x0: Optional[jax.Array] = None):
   """Samples one audio-visual sequence per batch element.
 
   Args:
@@ -40,6 +40,9 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
     participant: optional (B, T, 87) raw participant features (dyadic models).
     lengths: optional (B,) valid frames (for batches padded to a common length).
     temperature: scale of the initial noise.
+    x0: optional (B, T, visual + audio) initial noise in the official layout [face codes |
+      head latent | mel] (normalised units), used as given instead of drawing it from `rng`
+      (`temperature` is not applied): replays a run of the official sampler exactly.
 
   Returns:
     {"mel": (B, T, 80) log-mel, "face": (B, T, F) codes, "head": (B, T, Dh) head pose,
@@ -52,7 +55,10 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
                                         "participant")], -1)
   b, t = cond.shape[:2]
   vis, aud = av_model.visual_dim, av_model.audio_dim
-  x0 = temperature * jax.random.normal(rng, (b, t, vis + aud), jnp.float32)
+  if x0 is None:
+    x0 = temperature * jax.random.normal(rng, (b, t, vis + aud), jnp.float32)
+  elif x0.shape != (b, t, vis + aud):
+    raise ValueError(f"x0 has shape {x0.shape}, the sampler needs {(b, t, vis + aud)}")
 
   def velocity(x, time):
     vv, va = av_model.apply({"params": params["av"]}, x[..., :vis], x[..., vis:], cond,

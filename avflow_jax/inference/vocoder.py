@@ -152,7 +152,11 @@ def make_vocoder(weights_path: str | None = None) -> Vocoder:
   return GriffinLimVocoder()
 
 
-def mel_to_audio(vocoder: Vocoder, log_mel) -> np.ndarray:
-  """Vocodes an AV-Flow mel (of audio / 1.1): waveform x AUDIO_GAIN, clipped to [-1, 1]."""
+def mel_to_audio(vocoder: Vocoder, log_mel, clip: bool = True) -> np.ndarray:
+  """Vocodes an AV-Flow mel (of audio / 1.1): waveform x AUDIO_GAIN, clipped to [-1, 1].
+
+  With `clip=False` the waveform is returned unclipped, as the official code returns it (a
+  float WAV keeps the peaks; a 16-bit one would wrap them).
+  """
   y = vocoder(log_mel) * constants.AUDIO_GAIN
-  return np.clip(y, -1.0, 1.0).astype(np.float32)
+  return (np.clip(y, -1.0, 1.0) if clip else y).astype(np.float32)

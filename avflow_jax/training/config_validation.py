@@ -126,7 +126,7 @@ def _validate_av_model(m) -> None:
 # frozen (the head VAE under an AV model). Others (lr, steps, dtype, windows, ...) may change.
 _FROZEN = {
     "av": ("model.d_model", "model.num_layers", "model.hidden_dim", "model.num_heads",
-           "model.fusion", "data.participant", "head_vae"),
+           "model.fusion", "data.participant", "data.stats_from", "head_vae"),
     "head_vae": ("vae",),
     "text_to_tokens": ("model",),
 }

@@ -31,6 +31,7 @@ from avflow_jax.data import rows as rows_lib
 from avflow_jax.models import head_vae
 from avflow_jax.training import config_validation
 from avflow_jax.training import head_vae_recipe
+from avflow_jax.training import init_from
 from avflow_jax.training import optim
 from avflow_jax.training import stopping
 from avflow_jax.training import task as task_lib
@@ -249,7 +250,9 @@ def _check_resume(config, workdir: str) -> None:
 def _set_up(config, workdir: str) -> _Run:
   """Checks, the mesh, the task, the sharded state (restored if possible), the compiled steps."""
   data_dir = resolve_data_dir(config)
-  manifest = manifest_lib.load_manifest(data_dir)
+  config = init_from.resolve(config)
+  manifest = manifest_lib.with_stats_from(manifest_lib.load_manifest(data_dir), data_dir,
+                                          config.data.get("stats_from"))
   config_validation.validate(config, manifest, jax.device_count(), jax.process_count())
   _check_resume(config, workdir)
   run_dir.save_run_config(config, workdir, data_dir)
@@ -274,7 +277,7 @@ def _set_up(config, workdir: str) -> _Run:
       manager, checkpointing.abstract_with_shardings(abstract_state, state_sharding),
       train_iter)
   if state is None:
-    start_step, state = 0, init_fn(init_rng)
+    start_step, state = 0, init_from.apply(config, init_fn(init_rng), state_sharding)
   else:
     logging.info("Resumed from step %d.", start_step)
   train_step, eval_step = jit_steps(task, tx, schedule, config, mesh, state_sharding)

@@ -27,7 +27,8 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   parts = []
   if o.grad_clip and o.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(o.grad_clip))
-  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.get("eps", 1e-8),
+                           weight_decay=o.weight_decay))
   return optax.chain(*parts), schedule
 
 
