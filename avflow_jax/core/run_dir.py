@@ -119,6 +119,10 @@ def load_params(workdir: str, which: str = "ema", sharding=None,
   try:
     checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(os.path.join(path, "state")).item_metadata.tree
+    if which == "ema" and "ema" not in meta and "params" in meta:
+      # A checkpoint without an EMA (an imported official model: its trainer keeps none).
+      logging.info("%s: %s has no EMA weights; using its params", what, path)
+      which = "params"
     if which not in meta:
       raise AvatarError(f"{what}: {path}: checkpoint has no {which!r} tree (has {sorted(meta)})")
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

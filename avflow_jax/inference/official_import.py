@@ -6,7 +6,7 @@ directory that `sample`, `evaluate`, `api.Avatar.load` and `train` (`--config.in
 accept as they are:
 
   RUN/config.json             the AV run config (the given config with the file's sizes)
-  RUN/checkpoints/ITER/       params (= ema: the official trainer keeps no EMA), and with
+  RUN/checkpoints/ITER/       params (no EMA: the official trainer keeps none), and with
                               `adam_moments` the official exp_avg / exp_avg_sq ("official_adam")
   RUN/normalisation/          manifest.json: dims and the official statistics (no shards)
   RUN/head_vae/               the imported head-pose VAE (a head-VAE run directory)
@@ -176,10 +176,30 @@ def official_stats(dims: dict, head_stats: Optional[dict]) -> dict:
   return stats
 
 
+def _to_device(tree: dict) -> dict:
+  """Copies the leaves to the default device one at a time, dropping each host array in turn.
+
+  With `consume`d mapping, the only reference to an imported weight is its leaf, so memory
+  stays about one copy of the weights (orbax would otherwise copy the whole tree at once).
+  """
+  for key in list(tree):
+    value = tree[key]
+    if isinstance(value, dict):
+      tree[key] = _to_device(value)
+    else:
+      tree[key] = jax.device_put(np.ascontiguousarray(value))
+      del value
+  return tree
+
+
 def _save_checkpoint(workdir: str, step: int, tree: dict) -> None:
-  """WORKDIR/checkpoints/STEP/state as the training loop lays it out, sealed."""
+  """WORKDIR/checkpoints/STEP/state as the training loop lays it out, sealed.
+
+  Uncompressed: float weights do not compress, and compressing doubles the peak memory.
+  """
   step_dir = os.path.join(run_dir.checkpoint_root(workdir), str(step))
-  ocp.PyTreeCheckpointer().save(os.path.join(step_dir, "state"), tree)
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
+  checkpointer.save(os.path.join(step_dir, "state"), tree)
   files.write_atomic(os.path.join(step_dir, checksums.CHECKSUMS), checksums.table_json(step_dir))
 
 
@@ -198,10 +218,11 @@ def _adam_trees(obj: dict, keys: list[str], params_of: Callable[[dict], dict], p
   mu, nu, steps = {}, {}, set()
   for i, key in enumerate(keys):
     entry = state.get(i)
-    if not isinstance(entry, dict) or not all(k in entry for k in ("exp_avg", "exp_avg_sq")):
+    if not isinstance(entry, dict) or not all(
+        isinstance(entry.get(k), np.ndarray) for k in ("exp_avg", "exp_avg_sq")):
       raise AvatarError(f"{what} {path}: optimizer state has no exp_avg/exp_avg_sq for "
                         f"parameter {i} ({key})")
-    mu[key], nu[key] = entry["exp_avg"], entry["exp_avg_sq"]
+    mu[key], nu[key] = entry.pop("exp_avg"), entry.pop("exp_avg_sq")
     steps.add(float(np.asarray(entry.get("step", 0.0))))
   return {"mu": params_of(mu), "nu": params_of(nu), "count": np.int32(max(steps))}
 
@@ -242,7 +263,7 @@ def _import_head_vae(path: str, workdir: str, log) -> tuple[int, int]:
                    cfg.vae.num_heads, expected)
   vae_dir = os.path.join(workdir, run_dir.HEAD_VAE_DIR)
   step = int(obj.get("iteration", 0)) if isinstance(obj, dict) else 0
-  _save_checkpoint(vae_dir, step, {"step": np.int32(step), "params": params, "ema": params})
+  _save_checkpoint(vae_dir, step, {"step": np.int32(step), "params": params})
   _write_config(vae_dir, cfg)
   log(f"head VAE: {len(state)} tensors, {arch['input_dim']}-d pose <-> {arch['latent_dim']}-d "
       f"latent (iteration {step})")
@@ -256,6 +277,10 @@ def _import_av(files_: ReleaseFiles, workdir: str, final: str, config, *, dyadic
                      or (adam and kp[:1] == ("optimizer_state_dict",)))
   obj = _read(path, "--av", keep)
   state = _state_dict(obj, path, "--av")
+  if isinstance(obj, dict) and "model_state_dict" in obj:
+    obj["model_state_dict"] = None  # `state` holds the only reference: freed as it is mapped.
+  keys = list(state)
+  num_params = sum(int(np.prod(v.shape)) for v in state.values())
   arch = _mapped(official_keys.av_architecture, path, "--av", state)
   if arch["visual"] <= latent_dim:
     raise AvatarError(f"--av {path}: visual width {arch['visual']} leaves no face codes next to "
@@ -279,16 +304,19 @@ def _import_av(files_: ReleaseFiles, workdir: str, final: str, config, *, dyadic
       model, dit.AVDims.from_data(dims, latent_dim, bool(participant)), jax.random.PRNGKey(0)))
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   expected = nn.unbox(expected)
-  params = _mapped(official_keys.av_params_from_official, path, "--av", state, expected)
-  tree = {"step": np.int32(iteration), "params": params, "ema": params}
+  params = _to_device(_mapped(official_keys.av_params_from_official, path, "--av", state,
+                              expected, consume=True))
+  # No "ema": the official trainer keeps none, and sampling falls back to the params.
+  tree = {"step": np.int32(iteration), "params": params}
   if adam:
     tree["official_adam"] = _adam_trees(
-        obj, list(state), lambda d: _mapped(official_keys.av_params_from_official, path, "--av",
-                                            d, expected), path, "--av")
+        obj, keys, lambda d: _to_device(_mapped(official_keys.av_params_from_official, path,
+                                                "--av", d, expected, consume=True)),
+        path, "--av")
   _save_checkpoint(workdir, iteration, tree)
   _write_config(workdir, cfg)
-  n = sum(int(np.prod(v.shape)) for v in state.values())
-  log(f"AV model: {len(state)} tensors, {n:,} parameters, {arch['num_layers']} layers x "
+  n = num_params
+  log(f"AV model: {len(keys)} tensors, {n:,} parameters, {arch['num_layers']} layers x "
       f"{arch['d_model']}, {'dyadic' if participant else 'plain'} (iteration {iteration})"
       + (", with Adam moments" if adam else ""))
   return dims

@@ -94,14 +94,19 @@ def av_architecture(state: Mapping[str, np.ndarray]) -> dict[str, int]:
           "cond": int(w_in_v.shape[1] - visual), "cond_audio": int(w_in_a.shape[1] - audio)}
 
 
-def av_params_from_official(state: Mapping[str, np.ndarray],
-                            expected: Mapping[str, Any]) -> dict:
+def av_params_from_official(state: Mapping[str, np.ndarray], expected: Mapping[str, Any],
+                            consume: bool = False) -> dict:
   """The AVFlowTransformer parameter tree of an official AV state dict.
+
+  Kernels are transposed views of the weights (no copy), so the tree costs no memory of its
+  own until its leaves are copied somewhere.
 
   Args:
     state: {official key: array}, the `model_state_dict` of the official file.
     expected: the parameter tree of the model it must fit (arrays or ShapeDtypeStructs,
       unboxed): every leaf must be produced with this shape, and nothing else.
+    consume: pop the keys from `state` (a dict) as they are mapped, so that once the tree's
+      leaves are replaced one by one (copied to a device, say) each weight is freed in turn.
 
   Raises:
     ValueError: one line naming a missing, unknown or wrongly shaped key.
@@ -114,10 +119,13 @@ def av_params_from_official(state: Mapping[str, np.ndarray],
     bias = _get(state, name + ".bias", 1)
     _check(name + ".weight", kernel.T.shape, tuple(want["kernel"].shape)[::-1])
     _check(name + ".bias", bias.shape, tuple(want["bias"].shape))
-    _set(params, path, {"kernel": np.ascontiguousarray(kernel), "bias": bias})
+    _set(params, path, {"kernel": kernel, "bias": bias})
     used.update((name + ".weight", name + ".bias"))
   _leftover(state, used, "AV model")
   _same_tree(params, expected)
+  if consume:
+    for key in used:
+      del state[key]
   return params
 
 
