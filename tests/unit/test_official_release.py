@@ -276,3 +276,33 @@ def _tree_from_state(state):
     leaf[path[-1]] = {"kernel": np.zeros(state[name + ".weight"].shape[::-1]),
                       "bias": np.zeros(state[name + ".bias"].shape)}
   return out
+
+
+def test_commands_import_and_replay_the_official_sample(tmp_path, head_stats_dir, capsys):
+  from avflow_jax import import_official  # pylint: disable=g-import-not-at-top
+  from avflow_jax import sample  # pylint: disable=g-import-not-at-top
+  config = os.path.join(ROOT, "configs", "official_50h.py")
+  run = str(tmp_path / "run")
+  base = ["--config", config, "--workdir", run, "--head-vae",
+          _fixture("head_vae_iter-0500000.pt"), "--head-stats", head_stats_dir]
+  assert import_official.main(base + ["--av", str(tmp_path / "nope.pt")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "nope.pt: file missing" in err and not os.path.exists(run)
+  assert import_official.main(base + ["--av", _fixture("av_flow_small.pt")]) == 0
+  assert os.path.exists(os.path.join(run, "config.json"))
+  # The replay needs the fixture's per-layer windows (not recorded in official files).
+  run = str(tmp_path / "run_windows")
+  io = np.load(_fixture("av_flow_small_io.npz"))
+  tokens, noise = tmp_path / "tokens.npy", tmp_path / "noise.npy"
+  np.save(tokens, io["sample_tokens"][0])
+  np.save(noise, io["sample_x0"][0])
+  run = official_import.import_release(official_import.ReleaseFiles(
+      av=_fixture("av_flow_small.pt"), head_vae=_fixture("head_vae_iter-0500000.pt"),
+      head_stats=head_stats_dir), run, _config(), log=lambda *_: None)
+  out = tmp_path / "out"
+  assert sample.main(["--workdir", run, "--tokens", str(tokens), "--noise", str(noise),
+                      "--official", "--steps", "8", "--output", str(out)]) == 0
+  got = np.load(out / "tokens.npz")
+  mel = io["sample_melspec"][0] * official_import.MEL_STD + official_import.MEL_MEAN
+  np.testing.assert_allclose(got["mel"], mel, atol=1e-4, rtol=0)
+  assert not bool(got["clipped"])
