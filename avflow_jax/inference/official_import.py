@@ -235,7 +235,9 @@ def _av_run_config(config, arch: dict, dims: dict, workdir: str, source: dict):
     c.model.num_layers = arch["num_layers"]
     c.data.participant = bool(dims.get("participant"))
     c.data.dir = os.path.join(workdir, NORMALISATION_DIR)
-    c.data.stats_from = None
+    # Also the statistics' source: `--data-dir SHARDS` (to evaluate on a dataset) must not
+    # replace the official normalisation with the dataset's.
+    c.data.stats_from = c.data.dir
     c.head_vae.workdir = os.path.join(workdir, run_dir.HEAD_VAE_DIR)
     c.official_import = source
   try:

@@ -138,6 +138,13 @@ def test_imported_run_records_the_official_normalisation(plain_run):
       [io["head_qvec_std"], io["head_translation_std"]]), rtol=1e-6)
   assert avatar.loaded.step == 1_000_000 and not avatar.loaded.uses_participant
   assert avatar.loaded.config.loss.mel_weight == 0.2  # configs/official_50h.py
+  # Evaluating on a dataset (--data-dir) keeps the official statistics, not the dataset's.
+  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  shards = synthetic.write_synthetic_shards(os.path.join(plain_run, "..", "shards"), n_train=2,
+                                            n_val=1, frames=40)
+  on_data = avatar_lib.Avatar.load(plain_run, data_dir=shards).loaded
+  assert on_data.data_dir == os.path.abspath(shards)
+  assert on_data.manifest["stats"] == stats
 
 
 def test_export_round_trip_is_bit_exact(plain_run, tmp_path):
