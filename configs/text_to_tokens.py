@@ -12,6 +12,7 @@ Shared knobs (mesh, logging, checkpoints, runtime) come from configs/base.py.
 
 import ml_collections
 
+from avflow_jax.core import constants
 from configs import base
 
 
@@ -43,6 +44,10 @@ def model_config(tiny: bool = False) -> ml_collections.ConfigDict:
   m.dec_blocks = 1  # Transformer blocks per level.
   m.dec_mid_blocks = 1 if tiny else 2  # Middle (ResNet + transformer) blocks.
   m.sigma_min = 1e-4  # OT-CFM noise left at t = 1.
+  # Token statistics: the decoder models (tokens - token_mean) / token_std. The defaults are the
+  # official ones; an imported official checkpoint brings its own `mean` / `std` buffers.
+  m.token_mean = constants.TOKEN_MEAN  # Mean of the raw token logits (one scalar).
+  m.token_std = constants.TOKEN_STD  # Their standard deviation (one scalar, > 0).
   return m
 
 

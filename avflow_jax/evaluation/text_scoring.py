@@ -75,12 +75,16 @@ def check_arguments(args) -> None:
 
 # ---- Alignment -----------------------------------------------------------------------------------
 
-def dtw_align(pred_tokens: np.ndarray, gt_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dtw_align(pred_tokens: np.ndarray, gt_tokens: np.ndarray,
+              token_mean: float = C.TOKEN_MEAN,
+              token_std: float = C.TOKEN_STD) -> tuple[np.ndarray, np.ndarray]:
   """Aligns predicted to ground-truth token frames by DTW.
 
   Args:
     pred_tokens: (N, 29) raw logits predicted from text.
     gt_tokens: (M, 29) raw logits of the recording.
+    token_mean, token_std: the text-to-tokens run's statistics, for the z-normalisation (one
+      scalar pair for both sequences: it scales the Euclidean cost uniformly).
 
   Returns:
     (pred_of_gt (M,), gt_of_pred (N,)) int arrays: for each frame of one sequence, the frame of
@@ -92,7 +96,10 @@ def dtw_align(pred_tokens: np.ndarray, gt_tokens: np.ndarray) -> tuple[np.ndarra
   for name, x in (("pred_tokens", pred), ("gt_tokens", gt)):
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != C.TOKEN_DIM:
       raise ValueError(f"dtw_align: {name} must be (T, {C.TOKEN_DIM}), got {x.shape}")
-  mean, std = np.asarray(C.TOKEN_MEAN), np.asarray(C.TOKEN_STD)
+  if not (np.isfinite(token_mean) and np.isfinite(token_std) and token_std > 0):
+    raise ValueError(f"dtw_align: token statistics ({token_mean}, {token_std}) must be finite "
+                     "with a positive std")
+  mean, std = np.asarray(token_mean, np.float64), np.asarray(token_std, np.float64)
   _, path = librosa.sequence.dtw(X=((pred - mean) / std).T, Y=((gt - mean) / std).T,
                                  metric="euclidean")
   path = path[::-1]  # librosa returns it end to start.
@@ -173,7 +180,8 @@ def training_split_summary(loaded, t2t_config, train_split: str):
   return ((total / count).astype(np.float32) if count else None), seen
 
 
-def text_driven_clip(record: dict, utts: list, predict, silence: np.ndarray) -> dict:
+def text_driven_clip(record: dict, utts: list, predict, silence: np.ndarray,
+                     token_stats: tuple[float, float] = (C.TOKEN_MEAN, C.TOKEN_STD)) -> dict:
   """Replaces each utterance's tokens by tokens predicted from its text; pauses get `silence`.
 
   Args:
@@ -181,6 +189,7 @@ def text_driven_clip(record: dict, utts: list, predict, silence: np.ndarray) -> 
     utts: [(text, start, end)] sorted, non-overlapping.
     predict: text, utterance index -> (N, 29) predicted tokens.
     silence: (29,) token frame for the pauses (None: the clip must have none).
+    token_stats: (mean, std) of the text-to-tokens run, for `dtw_align`.
 
   Returns:
     {"tokens": (T', 29) text-driven tokens, "gen_of_gt": (T,) frame of the text-driven
@@ -207,7 +216,7 @@ def text_driven_clip(record: dict, utts: list, predict, silence: np.ndarray) -> 
   for k, (text, s, e) in enumerate(utts):
     pause(s)
     pred = np.asarray(predict(text, k), np.float32)
-    pred_of_gt, gt_of_pred = dtw_align(pred, gt_tokens[s:e])
+    pred_of_gt, gt_of_pred = dtw_align(pred, gt_tokens[s:e], *token_stats)
     pieces.append(pred)
     gen_of_gt[s:e] = pos + pred_of_gt
     gt_of_gen.append(s + gt_of_pred)
@@ -317,7 +326,8 @@ def evaluate_text(args, log=print) -> dict[str, Any]:
         raise InputError(f"clip {name!r} sentence {k} ({text!r}): {e}") from e
 
     try:
-      driven = text_driven_clip(record, utts, predict, silence)
+      driven = text_driven_clip(record, utts, predict, silence,
+                                (t2t.token_mean, t2t.token_std))
     except ValueError as e:
       raise InputError(f"clip {name!r}: {e}") from e
     t1 = time.perf_counter()

@@ -192,7 +192,7 @@ def _to_device(tree: dict) -> dict:
   return tree
 
 
-def _save_checkpoint(workdir: str, step: int, tree: dict) -> None:
+def save_checkpoint(workdir: str, step: int, tree: dict) -> None:
   """WORKDIR/checkpoints/STEP/state as the training loop lays it out, sealed.
 
   Uncompressed: float weights do not compress, and compressing doubles the peak memory.
@@ -203,7 +203,7 @@ def _save_checkpoint(workdir: str, step: int, tree: dict) -> None:
   files.write_atomic(os.path.join(step_dir, checksums.CHECKSUMS), checksums.table_json(step_dir))
 
 
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   files.write_atomic(os.path.join(workdir, run_dir.RUN_CONFIG), config.to_json_best_effort(indent=2))
 
 
@@ -265,8 +265,8 @@ def _import_head_vae(path: str, workdir: str, log) -> tuple[int, int]:
                    cfg.vae.num_heads, expected)
   vae_dir = os.path.join(workdir, run_dir.HEAD_VAE_DIR)
   step = int(obj.get("iteration", 0)) if isinstance(obj, dict) else 0
-  _save_checkpoint(vae_dir, step, {"step": np.int32(step), "params": params})
-  _write_config(vae_dir, cfg)
+  save_checkpoint(vae_dir, step, {"step": np.int32(step), "params": params})
+  write_config(vae_dir, cfg)
   log(f"head VAE: {len(state)} tensors, {arch['input_dim']}-d pose <-> {arch['latent_dim']}-d "
       f"latent (iteration {step})")
   return arch["input_dim"], arch["latent_dim"]
@@ -315,8 +315,8 @@ def _import_av(files_: ReleaseFiles, workdir: str, final: str, config, *, dyadic
         obj, keys, lambda d: _to_device(_mapped(official_keys.av_params_from_official, path,
                                                 "--av", d, expected, consume=True)),
         path, "--av")
-  _save_checkpoint(workdir, iteration, tree)
-  _write_config(workdir, cfg)
+  save_checkpoint(workdir, iteration, tree)
+  write_config(workdir, cfg)
   n = num_params
   log(f"AV model: {len(keys)} tensors, {n:,} parameters, {arch['num_layers']} layers x "
       f"{arch['d_model']}, {'dyadic' if participant else 'plain'} (iteration {iteration})"

@@ -26,9 +26,23 @@ class TextToTokensModel:
   params: Any
   step: int = 0  # Training step of the loaded checkpoint.
 
+  @property
+  def token_mean(self) -> float:
+    """The run's token mean (config.model.token_mean; the official constant for older runs)."""
+    return float(getattr(self.model, "token_mean", C.TOKEN_MEAN))
+
+  @property
+  def token_std(self) -> float:
+    """The run's token standard deviation (config.model.token_std, as `token_mean`)."""
+    return float(getattr(self.model, "token_std", C.TOKEN_STD))
+
 
 def load_text_to_tokens(workdir: str, which: str = "ema") -> TextToTokensModel:
   """Loads the latest checkpoint of a text-to-tokens training workdir.
+
+  The model is built from the run's config.json, token statistics included
+  (`model.token_mean` / `token_std`; a config without them gets the official constants), so
+  synthesis de-normalises with the statistics the run was trained (or imported) with.
 
   Raises:
     AvatarError: missing workdir/config/checkpoint, or not a text-to-tokens run.
@@ -48,7 +62,7 @@ def load_text_to_tokens(workdir: str, which: str = "ema") -> TextToTokensModel:
 
 
 def text_to_tokens(text: str, t2t: TextToTokensModel, seed: int = 0) -> np.ndarray:
-  """Raw text -> (T, 29) raw token logits on the mel grid.
+  """Raw text -> (T, 29) raw token logits on the mel grid (the run's token statistics).
 
   Args:
     text: English text (non-empty).

@@ -14,8 +14,10 @@ is Matcha-TTS with `n_feats = 29`:
   temperature-scaled noise, all in one jitted function with static shapes.
 
 Layout is channels-last everywhere: symbols (B, S, C), frames (B, T, C), masks (B, L, 1).
-Tokens are normalised with TOKEN_MEAN / TOKEN_STD inside `loss_fn` and de-normalised by
-`synthesize`; callers see raw logits.
+Tokens are normalised with the model's `token_mean` / `token_std` (config fields; default
+constants.TOKEN_MEAN / TOKEN_STD, the official values; an imported official checkpoint brings
+its `mean` / `std` buffers) inside `loss_fn` and de-normalised by `synthesize`; callers see raw
+logits.
 
 Deliberate differences from the PyTorch reference, for padding invariance under the fixed
 (max_symbols, max_frames) shapes used here: decoder attention masks padded keys (the reference
@@ -26,6 +28,7 @@ and the flow-matching target is masked on padded frames (a constant in the refer
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -374,6 +377,9 @@ class TextToTokens(nn.Module):
   dec_blocks: int = 1
   dec_mid_blocks: int = 2
   sigma_min: float = 1e-4
+  # Token statistics: the decoder works on (tokens - token_mean) / token_std.
+  token_mean: float = constants.TOKEN_MEAN
+  token_std: float = constants.TOKEN_STD
 
   def setup(self):
     self.text_encoder = TextEncoder(
@@ -416,6 +422,16 @@ def make_model(config: Any) -> TextToTokens:
     raise ValueError(f"text_to_tokens config.model: unknown keys {sorted(unknown)}")
   if "dec_channels" in cfg:
     cfg["dec_channels"] = tuple(int(c) for c in cfg["dec_channels"])
+  # Runs saved before the statistics were config fields lack them: the defaults apply.
+  for key in ("token_mean", "token_std"):
+    if key in cfg:
+      v = cfg[key]
+      if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ValueError(f"text_to_tokens config.model.{key}: {v!r} is not a finite number")
+      cfg[key] = float(v)
+  if cfg.get("token_std", 1.0) <= 0:
+    raise ValueError(f"text_to_tokens config.model.token_std: {cfg['token_std']} must be "
+                     "positive")
   return TextToTokens(**cfg)
 
 
@@ -432,12 +448,15 @@ def init_params(model: TextToTokens, rng: jax.Array, max_symbols: int, max_frame
 # --------------------------------------------------------------------------- loss & synthesis
 
 
-def normalise_tokens(tokens):
-  return (tokens - constants.TOKEN_MEAN) / constants.TOKEN_STD
+def normalise_tokens(tokens, mean: float = constants.TOKEN_MEAN,
+                     std: float = constants.TOKEN_STD):
+  """Raw token logits -> the decoder's scale (pass the model's token_mean / token_std)."""
+  return (tokens - mean) / std
 
 
-def denormalise_tokens(y):
-  return y * constants.TOKEN_STD + constants.TOKEN_MEAN
+def denormalise_tokens(y, mean: float = constants.TOKEN_MEAN, std: float = constants.TOKEN_STD):
+  """The decoder's scale -> raw token logits (inverse of `normalise_tokens`)."""
+  return y * std + mean
 
 
 def log_prior(y: jax.Array, mu: jax.Array) -> jax.Array:
@@ -465,7 +484,7 @@ def loss_fn(params, batch, rng, model: TextToTokens, train: bool = True):
   """
   ids, ids_len = batch["ids"], batch["ids_len"].astype(jnp.int32)
   tokens_len = batch["tokens_len"].astype(jnp.int32)
-  y = normalise_tokens(batch["tokens"].astype(jnp.float32))
+  y = normalise_tokens(batch["tokens"].astype(jnp.float32), model.token_mean, model.token_std)
   b, n_frames, n_feats = y.shape
   rng_enc, rng_dec, rng_t, rng_z = jax.random.split(rng, 4)
   variables = {"params": params}
@@ -501,8 +520,16 @@ def loss_fn(params, batch, rng, model: TextToTokens, train: bool = True):
                 "diff_loss": diff_loss}
 
 
-def _durations(logw, x_mask, length_scale):
-  """Frames per symbol, ceil(exp(logw)) * length_scale (0 on padding), and their sums."""
+def durations(logw, x_mask, length_scale):
+  """Frames per symbol, ceil(exp(logw)) * length_scale (0 on padding), and their sums.
+
+  Args:
+    logw: (B, S) predicted log-durations; x_mask: (B, S, 1) symbol mask.
+    length_scale: duration multiplier.
+
+  Returns:
+    (w_ceil (B, S), floor of their sum (B,)), floats.
+  """
   w_ceil = jnp.ceil(jnp.exp(logw) * x_mask[..., 0]) * length_scale
   return w_ceil, jnp.floor(jnp.sum(w_ceil, axis=1))
 
@@ -513,7 +540,7 @@ def regulate_lengths(logw, x_mask, length_scale, max_frames: int):
   Durations are ceil(exp(logw)) * length_scale; the length is their sum (truncated to an
   integer, at least 1, at most `max_frames`).
   """
-  w_ceil, total = _durations(logw, x_mask, length_scale)
+  w_ceil, total = durations(logw, x_mask, length_scale)
   lengths = jnp.clip(total, 1, max_frames).astype(jnp.int32)
   y_mask = sequence_mask(lengths, max_frames)
   path = mas.durations_to_path(w_ceil, max_frames) * y_mask[:, None, :, 0]
@@ -529,12 +556,12 @@ def predict_lengths(params, model: TextToTokens, ids, ids_len, length_scale=1.0)
   """
   _, logw, x_mask = model.apply({"params": params}, ids, ids_len.astype(jnp.int32), False,
                                 method=TextToTokens.encode)
-  return jnp.maximum(_durations(logw, x_mask, length_scale)[1], 1).astype(jnp.int32)
+  return jnp.maximum(durations(logw, x_mask, length_scale)[1], 1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "n_steps", "max_frames"))
 def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10,
-               temperature=0.667, length_scale=1.0, max_frames: int = 1024):
+               temperature=0.667, length_scale=1.0, max_frames: int = 1024, x0=None):
   """Text ids -> token logits, one jitted function (encoder, durations, Euler ODE).
 
   Args:
@@ -547,6 +574,9 @@ def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10
     temperature: scale of the starting noise.
     length_scale: >1 speaks slower.
     max_frames: static output length; longer utterances are truncated.
+    x0: optional (B, max_frames, F) starting state of the ODE on the normalised scale, already
+      temperature-scaled; replaces `normal(rng) * temperature` (rng and temperature are then
+      unused). E.g. the official sampler's z (B, F, T) transposed and padded to max_frames.
 
   Returns:
     (tokens (B, max_frames, F) raw logits, zero past each length; lengths (B,) int32).
@@ -557,7 +587,12 @@ def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10
   path, lengths = regulate_lengths(logw, x_mask, length_scale, max_frames)
   y_mask = sequence_mask(lengths, max_frames)
   mu_y = jnp.einsum("bst,bsf->btf", path, mu_x)
-  x = jax.random.normal(rng, mu_y.shape, jnp.float32) * temperature
+  if x0 is None:
+    x = jax.random.normal(rng, mu_y.shape, jnp.float32) * temperature
+  else:
+    if tuple(x0.shape) != mu_y.shape:
+      raise ValueError(f"synthesize: x0 has shape {tuple(x0.shape)}, expected {mu_y.shape}")
+    x = jnp.asarray(x0, jnp.float32)
   dt = 1.0 / n_steps
   b = ids.shape[0]
 
@@ -567,4 +602,4 @@ def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10
     return x + dt * v
 
   x = jax.lax.fori_loop(0, n_steps, euler_step, x)
-  return denormalise_tokens(x) * y_mask, lengths
+  return denormalise_tokens(x, model.token_mean, model.token_std) * y_mask, lengths

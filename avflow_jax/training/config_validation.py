@@ -170,6 +170,8 @@ def check_resume(saved, config, path: str) -> None:
       continue
     if isinstance(old, dict) and isinstance(new, dict):
       for key in sorted(set(old) | set(new)):
+        if key not in old:
+          continue  # A field added after the run was saved: its default is what it trained.
         if old.get(key) != new.get(key):
           _fail(f"{field}.{key}", f"{new.get(key)!r} differs from {old.get(key)!r}, {how}")
     _fail(field, f"{new!r} differs from {old!r}, {how}")

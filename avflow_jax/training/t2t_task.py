@@ -6,7 +6,13 @@ from avflow_jax.training import task as task_lib
 
 
 def build_t2t_task(config, manifest: dict, data_dir: str) -> task_lib.Task:
-  """Matcha-style text -> 29-d token model on the utterances of the shards."""
+  """Matcha-style text -> 29-d token model on the utterances of the shards.
+
+  The loss normalises the tokens with the run's statistics, `config.model.token_mean` /
+  `token_std` (carried by the model; an older config.json without them gets the official
+  constants), so a run trained or fine-tuned from an imported official checkpoint keeps the
+  checkpoint's `mean` / `std`.
+  """
   del manifest
   model = text_to_tokens.make_model(config)
   max_symbols, max_frames = config.data.max_symbols, config.data.max_frames
@@ -15,6 +21,7 @@ def build_t2t_task(config, manifest: dict, data_dir: str) -> task_lib.Task:
     return text_to_tokens.init_params(model, rng, max_symbols, max_frames)
 
   def loss_fn(params, batch, rng, train=True):
+    # `model` holds token_mean / token_std: the loss works on the run's normalised tokens.
     loss, metrics = text_to_tokens.loss_fn(params, batch, rng, model, train)
     return loss, {"loss_" + k: v for k, v in metrics.items() if k != "loss"}
 

@@ -313,3 +313,22 @@ def test_commands_import_and_replay_the_official_sample(tmp_path, head_stats_dir
   mel = io["sample_melspec"][0] * official_import.MEL_STD + official_import.MEL_MEAN
   np.testing.assert_allclose(got["mel"], mel, atol=1e-4, rtol=0)
   assert not bool(got["clipped"])
+
+
+def test_imported_text_to_tokens_run_loads_with_the_file_statistics(tmp_path, head_stats_dir):
+  from avflow_jax.inference import text_tokens  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
+  files = official_import.ReleaseFiles(
+      av=_fixture("av_flow_small.pt"), head_vae=_fixture("head_vae_iter-0500000.pt"),
+      text_to_tokens=_fixture("text_to_tokens_small.pth"), head_stats=head_stats_dir)
+  run = official_import.import_release(files, str(tmp_path / "run"), _config(),
+                                       log=lambda *_: None)
+  t2t = text_tokens.load_text_to_tokens(os.path.join(run, official_import.T2T_DIR))
+  assert abs(t2t.token_mean - (-2.8461)) < 1e-4 and abs(t2t.token_std - 4.5255) < 1e-4
+  io = np.load(_fixture("text_to_tokens_small_io.npz"))
+  ids = np.asarray(io["ids"], np.int32)
+  n = t2t_lib.predict_lengths(t2t.params, t2t.model, ids, np.asarray(io["ids_len"], np.int32),
+                              1.0)
+  assert int(n[0]) == int(io["y_length"])
+  out = text_tokens.tokens_from_ids(ids[0], t2t, seed=0)
+  assert out.shape == (int(io["y_length"]), 29) and np.isfinite(out).all()
