@@ -48,6 +48,10 @@ def model_config(tiny: bool = False) -> ml_collections.ConfigDict:
   # official ones; an imported official checkpoint brings its own `mean` / `std` buffers.
   m.token_mean = constants.TOKEN_MEAN  # Mean of the raw token logits (one scalar).
   m.token_std = constants.TOKEN_STD  # Their standard deviation (one scalar, > 0).
+  # Decoder padding: False masks padded frames (outputs independent of the padded length);
+  # True reproduces the official decoder (mask added to attention scores, GroupNorm over padded
+  # frames, synthesis on ceil4(frames), one compile per multiple of 4), for parity with it.
+  m.official_padding = False
   return m
 
 

@@ -48,7 +48,9 @@ def import_text_to_tokens(path: str, workdir: str, log=print) -> None:
     params, mean, std = official_t2t_keys.params_from_official(state, model)
   except ValueError as e:
     raise AvatarError(f"--t2t {path}: {e}") from e
-  model = dict(model, token_mean=float(mean), token_std=float(std))
+  # The project's padding masks by default; `official_padding: true` in config.json makes padded
+  # batches as the official decoder computes them (deterministic; dropout stays off).
+  model = dict(model, token_mean=float(mean), token_std=float(std), official_padding=False)
   official_import.save_checkpoint(workdir, 0, {"step": np.int32(0), "params": params})
   official_import.write_config(workdir, run_config(model, path))
   log(f"text to tokens: {len(state)} tensors, {model['enc_layers']} encoder layers x "

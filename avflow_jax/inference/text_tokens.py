@@ -92,7 +92,8 @@ def tokens_from_ids(ids: np.ndarray, t2t: TextToTokensModel, seed: int = 0,
   """Symbol ids -> (T, 29) token logits: durations first, then synthesis on their bucket.
 
   Ids are padded to multiples of 64 and frames to `bucket_frames` of the predicted length, so
-  texts of similar length share one compiled program.
+  texts of similar length share one compiled program. A run whose model has
+  `official_padding` pads frames to a multiple of 4 instead (`synthesis_frames`).
   """
   from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
   n_sym = -(-ids.size // 64) * 64
@@ -111,5 +112,22 @@ def tokens_from_ids(ids: np.ndarray, t2t: TextToTokensModel, seed: int = 0,
   tokens, lengths = t2t_lib.synthesize(
       t2t.params, t2t.model, ids_pad, ids_len, jax.random.PRNGKey(seed),
       n_steps=int(s.get("num_steps", 10)), temperature=float(s.get("temperature", 0.667)),
-      length_scale=length_scale, max_frames=buckets.bucket_frames(n))
+      length_scale=length_scale, max_frames=synthesis_frames(n, t2t.model))
   return np.asarray(tokens[0, :int(lengths[0])], np.float32)
+
+
+def synthesis_frames(n: int, model: Any) -> int:
+  """The padded frame count `tokens_from_ids` synthesises `n` predicted frames on.
+
+  Args:
+    n: predicted frames (>= 1).
+    model: the run's `TextToTokens`.
+
+  Returns:
+    `bucket_frames(n)`; with `model.official_padding`, ceil4(n), the reference's decoder length
+    (its padded frames change the output, so a bucket would not reproduce it). The jitted
+    synthesis then compiles once per multiple of 4, not once per bucket.
+  """
+  if getattr(model, "official_padding", False):
+    return -(-n // 4) * 4
+  return buckets.bucket_frames(n)

@@ -23,6 +23,15 @@ Deliberate differences from the PyTorch reference, for padding invariance under 
 (max_symbols, max_frames) shapes used here: decoder attention masks padded keys (the reference
 adds the 0/1 mask as a bias, which masks nothing), GroupNorm statistics use valid frames only,
 and the flow-matching target is masked on padded frames (a constant in the reference).
+
+`official_padding=True` (a model field, default False) reproduces the reference decoder's
+padding instead, deterministically (dropout stays off at inference, unlike the official
+`get_tokens_from_text`): the 0/1 frame mask is added to the attention scores (valid keys +1,
+padded keys +0, none masked), GroupNorm statistics cover every frame of the input, padded
+ones included, and `synthesize` runs the decoder on `max_frames` rounded up to a multiple of 4
+(`fix_len_compatibility`). Outputs then depend on the padded length: they match the reference
+when that is ceil4 of the longest utterance, as the reference pads. It is an inference parity
+mode: `loss_fn` keeps its masked target and the fixed `max_frames` batch shape.
 """
 
 import dataclasses
@@ -69,10 +78,25 @@ def apply_rope(x: jax.Array, n_rot: int, base: float = 10000.0) -> jax.Array:
   return jnp.concatenate([x_rot, x_pass], axis=-1)
 
 
-def _attend(q, k, v, key_mask, probs_dropout=None):
-  """Scaled dot-product attention over (B, T, H, D) with padded keys masked out."""
+def _attend(q, k, v, key_mask, probs_dropout=None, mask_as_bias=False):
+  """Scaled dot-product attention over (B, T, H, D).
+
+  Args:
+    q, k, v: (B, T, H, D) queries, keys and values.
+    key_mask: (B, T) 0/1 key mask.
+    probs_dropout: optional dropout on the attention probabilities.
+    mask_as_bias: add the mask to the scores (valid keys +1, padded +0, none masked), as the
+      reference decoder's diffusers attention does with a float mask; else padded keys are
+      masked out.
+
+  Returns:
+    (B, T, H, D) attention output.
+  """
   scores = jnp.einsum("bqhd,bkhd->bhqk", q / math.sqrt(q.shape[-1]), k)
-  scores = jnp.where(key_mask[:, None, None, :] > 0, scores, -1e4)
+  if mask_as_bias:
+    scores = scores + key_mask[:, None, None, :]
+  else:
+    scores = jnp.where(key_mask[:, None, None, :] > 0, scores, -1e4)
   probs = jax.nn.softmax(scores, axis=-1)
   if probs_dropout is not None:
     probs = probs_dropout(probs)
@@ -223,14 +247,15 @@ def sinusoidal_embedding(t: jax.Array, dim: int, scale: float = 1000.0) -> jax.A
 
 
 class Block1D(nn.Module):
-  """Conv k3 -> GroupNorm(8) over valid frames -> Mish, masked."""
+  """Conv k3 -> GroupNorm(8) over valid frames (all frames if official_padding) -> Mish, masked."""
   channels: int
   groups: int = 8
+  official_padding: bool = False
 
   @nn.compact
   def __call__(self, x, mask):
     x = nn.Conv(self.channels, (3,), padding="SAME", kernel_init=_kaiming)(x * mask)
-    norm_mask = jnp.broadcast_to(mask > 0, x.shape)
+    norm_mask = None if self.official_padding else jnp.broadcast_to(mask > 0, x.shape)
     x = nn.GroupNorm(num_groups=self.groups, epsilon=1e-5, use_fast_variance=False)(
         x, mask=norm_mask)
     return mish(x) * mask
@@ -240,12 +265,13 @@ class ResnetBlock1D(nn.Module):
   """Block1D -> + time MLP -> Block1D, plus a 1x1 residual projection."""
   channels: int
   groups: int = 8
+  official_padding: bool = False
 
   @nn.compact
   def __call__(self, x, mask, temb):
-    h = Block1D(self.channels, self.groups)(x, mask)
+    h = Block1D(self.channels, self.groups, self.official_padding)(x, mask)
     h = h + nn.Dense(self.channels, kernel_init=_kaiming)(mish(temb))[:, None, :]
-    h = Block1D(self.channels, self.groups)(h, mask)
+    h = Block1D(self.channels, self.groups, self.official_padding)(h, mask)
     return h + nn.Dense(self.channels, kernel_init=_kaiming, name="res_conv")(x * mask)
 
 
@@ -267,6 +293,7 @@ class TransformerBlock(nn.Module):
   head_dim: int
   dropout: float
   ff_mult: int = 4
+  official_padding: bool = False  # The mask is an additive score bias (see `_attend`).
 
   @nn.compact
   def __call__(self, x, mask, train):
@@ -276,7 +303,8 @@ class TransformerBlock(nn.Module):
     split = lambda y: y.reshape(b, t, self.n_heads, self.head_dim)
     q, k, v = (split(nn.Dense(inner, use_bias=False, kernel_init=_kaiming, name=n)(h))
                for n in ("to_q", "to_k", "to_v"))
-    att = _attend(q, k, v, mask[..., 0]).reshape(b, t, inner)
+    att = _attend(q, k, v, mask[..., 0], mask_as_bias=self.official_padding)
+    att = att.reshape(b, t, inner)
     att = nn.Dense(c, kernel_init=_kaiming, name="to_out")(att)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(att)
     h = nn.LayerNorm(epsilon=1e-5, name="norm3")(x)
@@ -286,7 +314,11 @@ class TransformerBlock(nn.Module):
 
 
 class UNetEstimator(nn.Module):
-  """1-D U-Net velocity field v(x_t, mu, t) (Matcha's Decoder), masked, any length."""
+  """1-D U-Net velocity field v(x_t, mu, t) (Matcha's Decoder), masked, any length.
+
+  With `official_padding` the padded frames enter attention and GroupNorm as in the reference
+  (see the module docstring); the output is masked either way.
+  """
   n_feats: int
   channels: Sequence[int] = (256, 256)
   n_heads: int = 2
@@ -294,12 +326,17 @@ class UNetEstimator(nn.Module):
   dropout: float = 0.05
   n_blocks: int = 1
   n_mid_blocks: int = 2
+  official_padding: bool = False
 
   def _transformers(self, h, mask, train, prefix):
     for j in range(self.n_blocks):
-      h = TransformerBlock(self.n_heads, self.head_dim, self.dropout, name=f"{prefix}_tf{j}")(
-          h, mask, train)
+      h = TransformerBlock(self.n_heads, self.head_dim, self.dropout,
+                           official_padding=self.official_padding, name=f"{prefix}_tf{j}")(
+                               h, mask, train)
     return h
+
+  def _resnet(self, ch, name, h, mask, temb):
+    return ResnetBlock1D(ch, official_padding=self.official_padding, name=name)(h, mask, temb)
 
   @nn.compact
   def __call__(self, x, mask, mu, t, train):
@@ -319,7 +356,7 @@ class UNetEstimator(nn.Module):
     n_levels = len(self.channels)
     for i, ch in enumerate(self.channels):
       m = masks[-1]
-      h = ResnetBlock1D(ch, name=f"down{i}_res")(h, m, temb)
+      h = self._resnet(ch, f"down{i}_res", h, m, temb)
       h = self._transformers(h, m, train, f"down{i}")
       hiddens.append(h)
       if i < n_levels - 1:
@@ -331,14 +368,14 @@ class UNetEstimator(nn.Module):
             h * m)
     m = masks[-1]
     for i in range(self.n_mid_blocks):
-      h = ResnetBlock1D(self.channels[-1], name=f"mid{i}_res")(h, m, temb)
+      h = self._resnet(self.channels[-1], f"mid{i}_res", h, m, temb)
       h = self._transformers(h, m, train, f"mid{i}")
     up_channels = tuple(self.channels[::-1]) + (self.channels[0],)
     for i in range(n_levels):
       m = masks.pop()
       ch = up_channels[i + 1]
-      h = ResnetBlock1D(ch, name=f"up{i}_res")(
-          jnp.concatenate([h, hiddens.pop()], axis=-1), m, temb)
+      h = self._resnet(ch, f"up{i}_res", jnp.concatenate([h, hiddens.pop()], axis=-1), m,
+                       temb)
       h = self._transformers(h, m, train, f"up{i}")
       if i < n_levels - 1:
         h = nn.ConvTranspose(ch, (4,), strides=(2,), padding="SAME", kernel_init=_kaiming,
@@ -346,7 +383,8 @@ class UNetEstimator(nn.Module):
       else:
         h = nn.Conv(ch, (3,), padding="SAME", kernel_init=_kaiming, name=f"up{i}_sample")(
             h * m)
-    h = Block1D(up_channels[-1], name="final_block")(h, m)
+    h = Block1D(up_channels[-1], official_padding=self.official_padding,
+                name="final_block")(h, m)
     out = nn.Dense(self.n_feats, kernel_init=_kaiming, name="final_proj")(h * m) * mask
     return out[:, :n_frames]
 
@@ -380,6 +418,8 @@ class TextToTokens(nn.Module):
   # Token statistics: the decoder works on (tokens - token_mean) / token_std.
   token_mean: float = constants.TOKEN_MEAN
   token_std: float = constants.TOKEN_STD
+  # Reproduce the reference decoder's padding semantics (module docstring); default off.
+  official_padding: bool = False
 
   def setup(self):
     self.text_encoder = TextEncoder(
@@ -389,7 +429,7 @@ class TextToTokens(nn.Module):
         self.dp_dropout)
     self.estimator = UNetEstimator(
         self.n_feats, tuple(self.dec_channels), self.dec_heads, self.dec_head_dim,
-        self.dec_dropout, self.dec_blocks, self.dec_mid_blocks)
+        self.dec_dropout, self.dec_blocks, self.dec_mid_blocks, self.official_padding)
 
   def encode(self, ids, ids_len, train=False):
     """Returns mu (B, S, F), logw (B, S), symbol mask (B, S, 1)."""
@@ -429,6 +469,9 @@ def make_model(config: Any) -> TextToTokens:
       if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise ValueError(f"text_to_tokens config.model.{key}: {v!r} is not a finite number")
       cfg[key] = float(v)
+  if not isinstance(cfg.get("official_padding", False), bool):
+    raise ValueError("text_to_tokens config.model.official_padding: "
+                     f"{cfg['official_padding']!r} is not a bool")
   if cfg.get("token_std", 1.0) <= 0:
     raise ValueError(f"text_to_tokens config.model.token_std: {cfg['token_std']} must be "
                      "positive")
@@ -559,6 +602,20 @@ def predict_lengths(params, model: TextToTokens, ids, ids_len, length_scale=1.0)
   return jnp.maximum(durations(logw, x_mask, length_scale)[1], 1).astype(jnp.int32)
 
 
+def _decoder_grid(model: TextToTokens, mu_y, x, lengths):
+  """The decoder's frames: (mu_y, x, y_mask) padded as `model.official_padding` asks.
+
+  The reference pads the decoder length to a multiple of 4 (`fix_len_compatibility`). Padded
+  frames of x never reach the estimator's output (its convs see x * mask), so their zero
+  noise changes nothing; off, the grid stays at the given length.
+  """
+  n = x.shape[1]
+  n_dec = -(-n // 4) * 4 if model.official_padding else n
+  if n_dec > n:
+    mu_y, x = (jnp.pad(a, ((0, 0), (0, n_dec - n), (0, 0))) for a in (mu_y, x))
+  return mu_y, x, sequence_mask(lengths, n_dec)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "n_steps", "max_frames"))
 def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10,
                temperature=0.667, length_scale=1.0, max_frames: int = 1024, x0=None):
@@ -573,7 +630,9 @@ def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10
     n_steps: Euler steps on t in [0, 1] (static).
     temperature: scale of the starting noise.
     length_scale: >1 speaks slower.
-    max_frames: static output length; longer utterances are truncated.
+    max_frames: static output length; longer utterances are truncated. With
+      `model.official_padding` the decoder runs on max_frames rounded up to a multiple of 4
+      (the reference's padded length when that is ceil4 of the longest utterance).
     x0: optional (B, max_frames, F) starting state of the ODE on the normalised scale, already
       temperature-scaled; replaces `normal(rng) * temperature` (rng and temperature are then
       unused). E.g. the official sampler's z (B, F, T) transposed and padded to max_frames.
@@ -585,7 +644,6 @@ def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10
   ids_len = ids_len.astype(jnp.int32)
   mu_x, logw, x_mask = model.apply(variables, ids, ids_len, False, method=TextToTokens.encode)
   path, lengths = regulate_lengths(logw, x_mask, length_scale, max_frames)
-  y_mask = sequence_mask(lengths, max_frames)
   mu_y = jnp.einsum("bst,bsf->btf", path, mu_x)
   if x0 is None:
     x = jax.random.normal(rng, mu_y.shape, jnp.float32) * temperature
@@ -593,6 +651,7 @@ def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10
     if tuple(x0.shape) != mu_y.shape:
       raise ValueError(f"synthesize: x0 has shape {tuple(x0.shape)}, expected {mu_y.shape}")
     x = jnp.asarray(x0, jnp.float32)
+  mu_y, x, y_mask = _decoder_grid(model, mu_y, x, lengths)
   dt = 1.0 / n_steps
   b = ids.shape[0]
 
@@ -601,5 +660,6 @@ def synthesize(params, model: TextToTokens, ids, ids_len, rng, n_steps: int = 10
     v = model.apply(variables, x, y_mask, mu_y, t, False, method=TextToTokens.velocity)
     return x + dt * v
 
-  x = jax.lax.fori_loop(0, n_steps, euler_step, x)
-  return denormalise_tokens(x, model.token_mean, model.token_std) * y_mask, lengths
+  x = jax.lax.fori_loop(0, n_steps, euler_step, x)[:, :max_frames]
+  tokens = denormalise_tokens(x, model.token_mean, model.token_std)
+  return tokens * y_mask[:, :max_frames], lengths

@@ -174,6 +174,7 @@ def check_resume(saved, config, path: str) -> None:
           continue  # A field added after the run was saved: its default is what it trained.
         if old.get(key) != new.get(key):
           _fail(f"{field}.{key}", f"{new.get(key)!r} differs from {old.get(key)!r}, {how}")
+      continue  # Only fields added since the save differ.
     _fail(field, f"{new!r} differs from {old!r}, {how}")
   # An explicitly given head-VAE workdir must be the one the AV model was trained on.
   if config.task == "av" and config.head_vae.workdir:

@@ -110,6 +110,16 @@ def test_resume_allows_what_does_not_change_the_parameters():
   config_validation.check_resume(saved, new, "config.json")
 
 
+def test_resume_accepts_model_fields_added_since_the_run_was_saved():
+  saved, new = tiny.get_config(), tiny.get_config()
+  with saved.unlocked():
+    del saved.head_vae["kld_weight"]  # As a run saved before the field existed.
+  config_validation.check_resume(saved, new, "config.json")
+  new.head_vae.ff_dim = 48  # A field the saved run has still counts.
+  with pytest.raises(ValueError, match="config.head_vae.ff_dim: 48 differs from"):
+    config_validation.check_resume(saved, new, "config.json")
+
+
 def test_misspelt_config_field_is_one_line_with_the_closest_name():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top

@@ -3,7 +3,8 @@
 tests/data/official/text_to_tokens_small.pth is a small Matcha-TTS (29 features) saved with
 `torch.save(model.state_dict())`; text_to_tokens_small_io.npz holds its eval-mode outputs,
 channels first (B, C, T) except `tokens` (B, T, 29). See models/official_t2t_keys.py for what
-differs by design (padded decoder inputs, dropout at official inference).
+differs by design (padded decoder inputs, dropout at official inference); the model's
+`official_padding` option reproduces the official padded decoder.
 """
 
 import json
@@ -17,6 +18,8 @@ import pytest
 from avflow_jax.core import constants
 from avflow_jax.core import torch_reader
 from avflow_jax.core import torch_writer
+from avflow_jax.inference import buckets
+from avflow_jax.inference import text_tokens
 from avflow_jax.models import official_t2t_keys as keys
 from avflow_jax.models import text_to_tokens as t2t
 from configs import text_to_tokens as t2t_config
@@ -81,8 +84,8 @@ def test_config_and_tree_match_the_fixture_model(official):
   assert std == cfg["token_std"] == float(state["std"])
   np.testing.assert_allclose([mean, std], [ref["data_statistics"]["mean"],
                                            ref["data_statistics"]["std"]], rtol=1e-6)
-  # Every field of the project's model config, nothing else.
-  assert set(cfg) == set(t2t_config.model_config())
+  # Every field of the project's model config but `official_padding` (left at its default).
+  assert set(cfg) == set(t2t_config.model_config()) - {"official_padding"}
   # Same tree and shapes as init_params: 239 leaves, 262,651 values, nothing left at init.
   init = jax.eval_shape(lambda: t2t.init_params(model, jax.random.PRNGKey(0), 8, 16))
   assert jax.tree.structure(init) == jax.tree.structure(params)
@@ -144,6 +147,60 @@ def test_synthesis_replays_official_tokens_from_its_noise(official):
       x0=jnp.asarray(_cl(io["z"])))  # z is already randn * temperature.
   assert int(lengths[0]) == n
   assert _max_err(tokens, io["tokens"]) <= DEC_TOL
+
+
+def _velocity_fn(model, t):
+  """A jitted channels-first estimator call: (params, x, mask, mu) -> (B, T, F) velocity."""
+  fn = jax.jit(lambda p, x, mask, mu: model.apply(
+      {"params": p}, x, mask, mu, jnp.full((1,), t, jnp.float32), False,
+      method=t2t.TextToTokens.velocity))
+  return lambda p, *a: fn(p, *(jnp.asarray(_cl(x)) for x in a))
+
+
+def test_official_padding_estimator_matches_padded_inputs(official):
+  _, io, _, model, params, _, _ = official
+  on = model.clone(official_padding=True)
+  cases = [("est_x", "est_mask_pad", "est_mu", "est_v_pad"),  # frames 13-15 padded.
+           ("pad_z", "pad_y_mask", "pad_mu_y", "pad_estimator_v"),  # 65 of 68 frames.
+           ("est_x", "est_mask_full", "est_mu", "est_v_full")]  # no padding: still equal.
+  for m, tol_off in ((on, None), (model, 0.05)):
+    velocity = _velocity_fn(m, io["estimator_t"])
+    for x, mask, mu, ref in cases:
+      mu_in = io[mu] * io[mask]  # as the fixture fed it (mu_y is already 0 on padding).
+      err = _max_err(velocity(params, io[x], io[mask], mu_in), _cl(io[ref]))
+      if tol_off is None or mask == "est_mask_full":
+        assert err <= DEC_TOL, (m.official_padding, ref, err)
+      else:  # the default masks padding by design: far from the official padded output.
+        assert err > tol_off, (ref, err)
+
+
+def test_official_padding_synthesis_replays_the_padded_utterance(official):
+  _, io, _, model, params, _, _ = official
+  on = model.clone(official_padding=True)
+  n, n_pad = int(io["pad_y_length"]), int(io["pad_y_max_length_padded"])
+  assert (n, n_pad) == (65, 68) and text_tokens.synthesis_frames(n, on) == n_pad
+  assert text_tokens.synthesis_frames(n, model) == buckets.bucket_frames(n)
+  z = _cl(io["pad_z"])  # (1, 68, 29), randn * temperature over the official padded length.
+  # max_frames 68 as tokens_from_ids asks; 65 is rounded up to the same decoder grid (its 3
+  # missing noise frames are padding, which never reaches the output).
+  for max_frames in (n_pad, n):
+    tokens, lengths = t2t.synthesize(
+        params, on, jnp.asarray(io["pad_ids"], jnp.int32), jnp.asarray([io["pad_ids"].shape[1]]),
+        jax.random.PRNGKey(0), n_steps=int(io["n_timesteps"]), length_scale=1.0,
+        max_frames=max_frames, x0=jnp.asarray(z[:, :max_frames]))
+    assert tokens.shape == (1, max_frames, 29) and int(lengths[0]) == n
+    assert _max_err(tokens[:, :n], io["pad_tokens"]) <= DEC_TOL, max_frames
+    assert float(jnp.abs(tokens[:, n:]).max(initial=0.0)) == 0.0
+
+
+def test_official_padding_is_an_off_by_default_bool():
+  cfg = t2t_config.model_config(tiny=True)
+  assert cfg.official_padding is False and t2t.TextToTokens().official_padding is False
+  old = {k: v for k, v in cfg.to_dict().items() if k != "official_padding"}
+  assert t2t.make_model(old) == t2t.make_model(cfg)  # runs saved before the field: off.
+  assert t2t.make_model(dict(old, official_padding=True)).official_padding is True
+  with pytest.raises(ValueError, match="official_padding"):
+    t2t.make_model(dict(old, official_padding="true"))
 
 
 def test_round_trip_is_bit_exact(official, tmp_path):
