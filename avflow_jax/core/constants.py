@@ -33,3 +33,6 @@ FACE_DIM = 256
 HEAD_LATENT_DIM = 8
 SMIRK_DIM = 58
 PARTICIPANT_DIM = TOKEN_DIM + SMIRK_DIM  # 87
+
+# The official code's mel normalisation: one scalar affine for all bands (audio_encoders.py).
+OFFICIAL_MEL_MEAN, OFFICIAL_MEL_STD = -5.5366, 2.1161

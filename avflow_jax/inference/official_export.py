@@ -16,11 +16,11 @@ from typing import Optional
 
 import numpy as np
 
+from avflow_jax.core import constants
 from avflow_jax.core import run_dir
 from avflow_jax.core import torch_writer
 from avflow_jax.core.errors import AvatarError
 from avflow_jax.data import manifest as manifest_lib
-from avflow_jax.inference import official_import
 from avflow_jax.models import official_keys
 
 
@@ -44,8 +44,8 @@ def stats_differences(stats: dict) -> list[str]:
   """Streams whose statistics are not the official normalisation (empty: exportable as is)."""
   out = []
   mean, std = (np.asarray(stats["mel"][k], np.float64) for k in ("mean", "std"))
-  if not (np.allclose(mean, official_import.MEL_MEAN, atol=1e-4)
-          and np.allclose(std, official_import.MEL_STD, atol=1e-4)):
+  if not (np.allclose(mean, constants.OFFICIAL_MEL_MEAN, atol=1e-4)
+          and np.allclose(std, constants.OFFICIAL_MEL_STD, atol=1e-4)):
     out.append("mel")
   for name in ("tokens", "face", "participant"):
     if name in stats:

@@ -32,21 +32,20 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from avflow_jax.core import checksums
 from avflow_jax.core import constants as C
 from avflow_jax.core import files
 from avflow_jax.core import run_dir
 from avflow_jax.core import torch_reader
 from avflow_jax.core.errors import AvatarError
 from avflow_jax.core.safe_files import UntrustedFileError
+from avflow_jax.inference import official_t2t
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
 from avflow_jax.models import official_keys
 
 # The official mel normalisation: one scalar affine for all bands (audio_encoders.py:33-47).
-MEL_MEAN, MEL_STD = -5.5366, 2.1161
+MEL_MEAN, MEL_STD = C.OFFICIAL_MEL_MEAN, C.OFFICIAL_MEL_STD
 NORMALISATION_DIR = "normalisation"
 T2T_DIR = "text_to_tokens"
 HEAD_STATS = ("head_qvec_mean", "head_qvec_std", "head_translation_mean", "head_translation_std")
@@ -192,21 +191,6 @@ def _to_device(tree: dict) -> dict:
   return tree
 
 
-def save_checkpoint(workdir: str, step: int, tree: dict) -> None:
-  """WORKDIR/checkpoints/STEP/state as the training loop lays it out, sealed.
-
-  Uncompressed: float weights do not compress, and compressing doubles the peak memory.
-  """
-  step_dir = os.path.join(run_dir.checkpoint_root(workdir), str(step))
-  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
-  checkpointer.save(os.path.join(step_dir, "state"), tree)
-  files.write_atomic(os.path.join(step_dir, checksums.CHECKSUMS), checksums.table_json(step_dir))
-
-
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  files.write_atomic(os.path.join(workdir, run_dir.RUN_CONFIG), config.to_json_best_effort(indent=2))
-
-
 def _adam_trees(obj: dict, keys: list[str], params_of: Callable[[dict], dict], path: str,
                 what: str) -> dict:
   """Adam's moments of an official checkpoint as parameter trees, plus its step count."""
@@ -265,8 +249,8 @@ def _import_head_vae(path: str, workdir: str, log) -> tuple[int, int]:
                    cfg.vae.num_heads, expected)
   vae_dir = os.path.join(workdir, run_dir.HEAD_VAE_DIR)
   step = int(obj.get("iteration", 0)) if isinstance(obj, dict) else 0
-  save_checkpoint(vae_dir, step, {"step": np.int32(step), "params": params})
-  write_config(vae_dir, cfg)
+  official_t2t.save_checkpoint(vae_dir, step, {"step": np.int32(step), "params": params})
+  official_t2t.write_config(vae_dir, cfg)
   log(f"head VAE: {len(state)} tensors, {arch['input_dim']}-d pose <-> {arch['latent_dim']}-d "
       f"latent (iteration {step})")
   return arch["input_dim"], arch["latent_dim"]
@@ -315,8 +299,8 @@ def _import_av(files_: ReleaseFiles, workdir: str, final: str, config, *, dyadic
         obj, keys, lambda d: _to_device(_mapped(official_keys.av_params_from_official, path,
                                                 "--av", d, expected, consume=True)),
         path, "--av")
-  save_checkpoint(workdir, iteration, tree)
-  write_config(workdir, cfg)
+  official_t2t.save_checkpoint(workdir, iteration, tree)
+  official_t2t.write_config(workdir, cfg)
   n = num_params
   log(f"AV model: {len(keys)} tensors, {n:,} parameters, {arch['num_layers']} layers x "
       f"{arch['d_model']}, {'dyadic' if participant else 'plain'} (iteration {iteration})"
@@ -374,7 +358,6 @@ def import_release(files_: ReleaseFiles, workdir: str, config, *, dyadic: Option
                       head_dim=head_dim, latent_dim=latent, log=log)
     _write_normalisation(tmp, dims, files_)
     if files_.text_to_tokens:
-      from avflow_jax.inference import official_t2t  # pylint: disable=g-import-not-at-top
       official_t2t.import_text_to_tokens(files_.text_to_tokens, os.path.join(tmp, T2T_DIR), log)
     os.rename(tmp, final)
   except BaseException:

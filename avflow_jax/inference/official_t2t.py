@@ -11,11 +11,30 @@ import os
 
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
+from avflow_jax.core import checksums
+from avflow_jax.core import files
+from avflow_jax.core import run_dir
 from avflow_jax.core import torch_reader
 from avflow_jax.core.errors import AvatarError
 from avflow_jax.core.safe_files import UntrustedFileError
 from avflow_jax.models import official_t2t_keys
+
+
+def save_checkpoint(workdir: str, step: int, tree: dict) -> None:
+  """WORKDIR/checkpoints/STEP/state as the training loop lays it out, sealed.
+
+  Uncompressed: float weights do not compress, and compressing doubles the peak memory.
+  """
+  step_dir = os.path.join(run_dir.checkpoint_root(workdir), str(step))
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
+  checkpointer.save(os.path.join(step_dir, "state"), tree)
+  files.write_atomic(os.path.join(step_dir, checksums.CHECKSUMS), checksums.table_json(step_dir))
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  files.write_atomic(os.path.join(workdir, run_dir.RUN_CONFIG), config.to_json_best_effort(indent=2))
 
 
 def run_config(model: dict, source: str) -> ml_collections.ConfigDict:
@@ -36,7 +55,6 @@ def import_text_to_tokens(path: str, workdir: str, log=print) -> None:
   Raises:
     AvatarError: one line naming the file and, for a foreign model, the key.
   """
-  from avflow_jax.inference import official_import  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise AvatarError(f"--t2t {path}: file missing")
   try:
@@ -51,7 +69,7 @@ def import_text_to_tokens(path: str, workdir: str, log=print) -> None:
   # The project's padding masks by default; `official_padding: true` in config.json makes padded
   # batches as the official decoder computes them (deterministic; dropout stays off).
   model = dict(model, token_mean=float(mean), token_std=float(std), official_padding=False)
-  official_import.save_checkpoint(workdir, 0, {"step": np.int32(0), "params": params})
-  official_import.write_config(workdir, run_config(model, path))
+  save_checkpoint(workdir, 0, {"step": np.int32(0), "params": params})
+  write_config(workdir, run_config(model, path))
   log(f"text to tokens: {len(state)} tensors, {model['enc_layers']} encoder layers x "
       f"{model['enc_channels']}, token statistics ({mean:.4f}, {std:.4f})")
