@@ -48,3 +48,16 @@ def demo_shards(tmp_path_factory):
   assert prepare.main(["--format", "avflow50h", "--input", corpus, "--output", shards,
                        "--workers", "1", "--no-progress"]) == 0
   return shards
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """XLA without most optimisation passes, for a module of small models (compile >> run).
+
+  The numerics stay float32; use it with `pytestmark = pytest.mark.usefixtures("fast_compile")`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)

@@ -62,12 +62,11 @@ class ReleaseFiles:
   participant_stats: Optional[str] = None  # participant/camera01/smirk_outputs/stats/
 
 
-def _one(release: str, patterns: list[str], what: str) -> Optional[str]:
+def _one(release: str, patterns: list[str]) -> Optional[str]:
   for pattern in patterns:
     found = sorted(glob.glob(os.path.join(release, pattern), recursive=True))
     if found:
       return found[-1]  # iter-XXXXXXX names sort by iteration.
-  del what
   return None
 
 
@@ -81,13 +80,12 @@ def find_release_files(release: str) -> ReleaseFiles:
   if not os.path.isdir(release):
     raise AvatarError(f"--release {release}: no such directory")
   found = ReleaseFiles(
-      av=_one(release, ["av_flow_ckpt*.pt", "**/av_flow_ckpt*.pt", "**/checkpoints/iter-*.pt"],
-              "AV"),
-      head_vae=_one(release, ["**/head_vae/iter-*.pt"], "head VAE"),
-      text_to_tokens=_one(release, ["text_to_tokens.pth", "**/text_to_tokens.pth"], "t2t"))
-  stats = _one(release, ["**/headpose_normstats/head_qvec_mean.npy"], "head stats")
+      av=_one(release, ["av_flow_ckpt*.pt", "**/av_flow_ckpt*.pt", "**/checkpoints/iter-*.pt"]),
+      head_vae=_one(release, ["**/head_vae/iter-*.pt"]),
+      text_to_tokens=_one(release, ["text_to_tokens.pth", "**/text_to_tokens.pth"]))
+  stats = _one(release, ["**/headpose_normstats/head_qvec_mean.npy"])
   found.head_stats = os.path.dirname(stats) if stats else None
-  smirk = _one(release, ["**/smirk_outputs/stats/expression_min.npy"], "participant stats")
+  smirk = _one(release, ["**/smirk_outputs/stats/expression_min.npy"])
   found.participant_stats = os.path.dirname(smirk) if smirk else None
   if found.av is None:
     raise AvatarError(f"--release {release}: no av_flow_ckpt*.pt (or checkpoints/iter-*.pt) "

@@ -29,13 +29,7 @@ ENC_TOL = 1e-5  # encoder mu / logw, max abs.
 DEC_TOL = 1e-4  # estimator velocity and the final tokens, max abs.
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  # Compilation dominates these small models' test time; the numerics stay float32.
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _cl(x):

@@ -20,13 +20,7 @@ from configs import text_to_tokens as t2t_config
 S, T = 16, 32  # padded symbols and frames of the tiny tests.
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  # XLA's optimisation passes dominate these tiny models' test time (compile >> run).
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.fixture(scope="module")
