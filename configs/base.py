@@ -30,8 +30,11 @@ def get_config(arg=None):
   c.data.participant = False  # Dyadic setting: condition on the participant's 87-d features.
   c.data.stats_from = config_dict.placeholder(str)  # Shard/normalisation dir whose manifest
   # stats normalise the streams instead of data.dir's (set by init.workdir; see below).
-  c.data.cache_mb = 1024  # Decoded clips kept in memory per reader process (0 = none): a crop
-  # reads a whole clip, so re-reading it for every crop dominates on small corpora.
+  c.data.cache_mb = 1024  # Decoded records kept in memory per reader process (0 = none): in
+  # format-1 shards a crop reads its whole clip; paged shards (format 2) read only its pages.
+  c.data.crop_sampling = "frames"  # "frames": every start frame of the split is a sample, so
+  # long clips are drawn in proportion to their length (the official recipe); "clips": each
+  # clip once per pass at a random start.
 
   # ---- Model (official: 67,935,576 parameters with 29 token dims) -------------------------
   c.model = ml_collections.ConfigDict()

@@ -78,6 +78,7 @@ def verify(directory: str, manifest: dict, progress: bool = True) -> int:
   total = sum(len(v["clips"]) for v in manifest["splits"].values())
   bar = tqdm(total=total, unit="rec", desc="verify", disable=not progress, file=sys.stderr)
   checked = 0
+  paged = int(manifest.get("format_version", 1)) == 2
   try:
     for split, info in manifest["splits"].items():
       by_shard = {}
@@ -93,13 +94,23 @@ def verify(directory: str, manifest: dict, progress: bool = True) -> int:
         except Exception as e:  # pylint: disable=broad-except
           raise InspectError(f"{path}: unreadable shard ({e})") from e
         entries = sorted(by_shard.get(i, []), key=lambda e: e["index"])
-        if n != len(entries) or [e["index"] for e in entries] != list(range(n)):
-          raise InspectError(f"{path}: {n} records, manifest lists {len(entries)} for "
+        starts, want = [], 0
+        for e in entries:
+          starts.append(want)
+          want += int(e.get("pages", 1)) if paged else 1
+        if n != want or [e["index"] for e in entries] != starts:
+          what = f"{want} pages of {len(entries)} clips" if paged else f"{len(entries)} clips"
+          raise InspectError(f"{path}: {n} records, manifest lists {what} for "
                              f"{split} shard {i}")
         for entry in entries:
           where = f"{path} record {entry['index']} ({entry['name']})"
           try:
-            clip = records.decode_record(source[entry["index"]])
+            if paged:
+              first = entry["index"]
+              clip = records.join_pages([records.decode_record(source[r]) for r in
+                                         range(first, first + int(entry["pages"]))])
+            else:
+              clip = records.decode_record(source[entry["index"]])
             check_record(clip, entry, manifest)
           except (InspectError, ValueError, RuntimeError) as e:
             raise InspectError(f"{where}: {e}") from e

@@ -59,6 +59,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  "used for val")
   p.add_argument("--shards", type=int, default=0,
                  help="shards per split (default: about 256 MB each)")
+  p.add_argument("--page-frames", type=int, default=shards_lib.DEFAULT_PAGE_FRAMES,
+                 help="frames per record page: a training crop reads only the pages it "
+                 "overlaps (0: one record per clip, manifest format 1)")
   p.add_argument("--asr-weights", default="",
                  help="wav2vec2-base-960h model.safetensors, for clips without token files")
   p.add_argument("--no-participant", action="store_true",
@@ -70,6 +73,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   args.val_dates = [d.strip() for d in args.val_dates.split(",") if d.strip()]
   if args.workers < 1:
     p.error("--workers must be >= 1")
+  if args.page_frames < 0:
+    p.error(f"--page-frames {args.page_frames}: must be >= 0")
   if args.shards < 0:
     p.error("--shards must be >= 0")
   return args
@@ -182,10 +187,16 @@ def _next_generation(directory: str, old: Optional[dict]) -> int:
   return max(seen) + 1
 
 
-def _reusable_shards(directory: str, old: dict) -> dict:
+def _old_page_frames(old: dict) -> int:
+  return int(old.get("page_frames", 0)) if int(old.get("format_version", 1)) == 2 else 0
+
+
+def _reusable_shards(directory: str, old: dict, page_frames: int) -> dict:
   """{(split, index, count, clip keys): file} of the current manifest's shards on disk."""
   old_keys = old.get("prep", {}).get("shard_keys", {})
   out = {}
+  if _old_page_frames(old) != page_frames:
+    return out  # Another record layout: every shard is rewritten.
   for split, info in old.get("splits", {}).items():
     names = info.get("shards", [])
     for i, fname in enumerate(names):
@@ -281,7 +292,7 @@ def _write_shards(args, entries: dict, cache: cache_lib.ClipCache, old: dict,
   to `new_files` as soon as it exists, so a failure later can delete the lot.
   """
   generation = _next_generation(args.output, old)
-  reusable = _reusable_shards(args.output, old)
+  reusable = _reusable_shards(args.output, old, args.page_frames)
   splits, shard_keys, written = {}, {}, 0
   bar = tqdm(total=sum(len(e) for e in entries.values()), unit="clip", desc="shards",
              disable=args.no_progress, dynamic_ncols=True)
@@ -298,15 +309,15 @@ def _write_shards(args, entries: dict, cache: cache_lib.ClipCache, old: dict,
           path = os.path.join(args.output, fname)
           with output.writing(path):
             new_files.append(path)
-            shards_lib.write_shard(path, (cache.record(k) for k in group_keys),
-                                   on_record=lambda: bar.update(1))
+            shards_lib.write_shard(
+                path, shards_lib.clip_records((cache.record(k) for k in group_keys),
+                                              args.page_frames, on_clip=lambda: bar.update(1)))
           written += 1
         else:
           bar.update(len(group))
         names.append(fname)
         shard_keys[fname] = group_keys
-        clips.extend({"name": e[0], "frames": e[2], "shard": i, "index": j}
-                     for j, e in enumerate(group))
+        clips.extend(shards_lib.clip_entries(group, i, args.page_frames))
       splits[split] = {"shards": names, "clips": clips,
                        "hours": _hours(sum(e[2] for e in items))}
   finally:
@@ -332,9 +343,9 @@ def _copy_face_rig(dataset: readers.DatasetPlan, directory: str) -> Optional[str
 
 
 def _manifest(dataset: readers.DatasetPlan, splits: dict, running, face_decoder, skipped: list,
-              summary: dict, prep: dict) -> dict:
+              summary: dict, prep: dict, page_frames: int) -> dict:
   return {
-      "format_version": 1,
+      **shards_lib.format_fields(page_frames),
       "source_format": dataset.source_format,
       "frame_rate": C.FRAME_RATE, "sample_rate": C.SAMPLE_RATE, "hop_length": C.HOP_LENGTH,
       "dims": {"mel": C.N_MELS, "tokens": C.TOKEN_DIM,
@@ -429,7 +440,8 @@ def _prepare_locked(args: argparse.Namespace) -> dict:
     splits, prep, written = _write_shards(args, entries, cache, old or {}, new_files)
     face_decoder = _copy_face_rig(dataset, args.output)
     summary = _summary(dataset, entries, splits, skipped, jobs, written, t0)
-    manifest = _manifest(dataset, splits, running, face_decoder, skipped, summary, prep)
+    manifest = _manifest(dataset, splits, running, face_decoder, skipped, summary, prep,
+                         args.page_frames)
     with output.writing(manifest_path):
       files.fsync_directory(args.output)  # The shards' names are on disk before the commit.
       # The commit: readers switch from the old generation to the new one here.

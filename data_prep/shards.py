@@ -9,15 +9,20 @@ once no manifest names them.
 
 import os
 import re
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from avflow_jax.core import constants
 from avflow_jax.core import files
+from avflow_jax.core import records
 
 SHARD_OPTIONS = "group_size:1"
 SHARD_PATTERN = re.compile(r"^(train|val)-(?:g(\d{4,})-)?\d{5}-of-\d{5}\.array_record$")
 TARGET_SHARD_BYTES = 256 << 20
+# 64 frames (0.74 s, ~150 kB with every stream): a crop of C frames reads at most
+# (ceil(C / 64) + 1) * 64 frames, 1.3x a 345-frame crop, and a 50-hour corpus is ~250k records.
+DEFAULT_PAGE_FRAMES = 64
 
 
 class ShardWriteError(OSError):
@@ -90,3 +95,40 @@ def stale_shards(directory: str, keep: Iterable[str]) -> list:
   keep = set(keep)
   return sorted(os.path.join(directory, f) for f in os.listdir(directory)
                 if SHARD_PATTERN.match(f) and f not in keep)
+
+
+def format_fields(page_frames: int) -> dict:
+  """The manifest's format fields for records of `page_frames` (0: whole clips, format 1)."""
+  if page_frames:
+    return {"format_version": 2, "page_frames": int(page_frames)}
+  return {"format_version": 1}
+
+
+def clip_records(encoded: Iterable[bytes], page_frames: int,
+                 on_clip: Callable[[], None] = lambda: None) -> Iterator[bytes]:
+  """Shard records of encoded whole clips: the clips themselves, or their pages."""
+  for data in encoded:
+    if not page_frames:
+      yield data
+    else:
+      for page in records.split_pages(records.decode_record(data), page_frames,
+                                      constants.HOP_LENGTH):
+        yield records.encode_record(page)
+    on_clip()
+
+
+def clip_entries(group: Sequence, shard: int, page_frames: int) -> list[dict]:
+  """Manifest entries of the clips (name, key, frames, ...) written in order into `shard`.
+
+  `index` is the clip's first record in the shard; paged entries also give `pages`.
+  """
+  out, index = [], 0
+  for e in group:
+    entry = {"name": e[0], "frames": e[2], "shard": shard, "index": index}
+    n = 1
+    if page_frames:
+      n = records.num_pages(e[2], page_frames)
+      entry["pages"] = n
+    out.append(entry)
+    index += n
+  return out

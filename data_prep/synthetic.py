@@ -20,6 +20,7 @@ import soundfile as sf
 from avflow_jax.core import constants as C
 from avflow_jax.core import face_rig
 from avflow_jax.core import records
+from data_prep import shards as shards_lib
 
 TOKEN_DIR = "wav2vec2_fairseq_base_ls960_asr_ls960_vad100"
 
@@ -220,8 +221,11 @@ def speech_clip(rng: np.random.Generator, name: str, sentence: str, head_dim: in
 
 def write_synthetic_shards(out_dir: str, n_train: int = 12, n_val: int = 4, frames: int = 120,
                            seed: int = 0, head_dim: int = 7, participant: bool = False,
-                           val_speech: tuple[str, ...] = ()) -> str:
+                           val_speech: tuple[str, ...] = (),
+                           page_frames: int = shards_lib.DEFAULT_PAGE_FRAMES) -> str:
   """A shard directory in the documented format (train: 2 shards, val: 1) with its manifest.
+
+  `page_frames` > 0 writes paged records (format 2), 0 one record per clip (format 1).
 
   Clip i of a split has `frames + 7 * i` frames; stats are computed over the train split.
   `val_speech` replaces the first val clips by eSpeak speaking these sentences
@@ -229,7 +233,7 @@ def write_synthetic_shards(out_dir: str, n_train: int = 12, n_val: int = 4, fram
   """
   os.makedirs(out_dir, exist_ok=True)
   rng = np.random.default_rng(seed)
-  manifest = {"format_version": 1, "source_format": "synthetic", "frame_rate": 86.1328125,
+  manifest = {**shards_lib.format_fields(page_frames), "source_format": "synthetic", "frame_rate": 86.1328125,
               "sample_rate": 22050, "hop_length": 256,
               "dims": {"mel": 80, "tokens": 29, "face": 256, "head": head_dim,
                        "participant": 87 if participant else 0},
@@ -246,10 +250,12 @@ def write_synthetic_shards(out_dir: str, n_train: int = 12, n_val: int = 4, fram
     for s in range(shards):
       name = f"{split}-{s:05d}-of-{shards:05d}.array_record"
       writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
-      for j, clip in enumerate(clips[s::shards]):
-        writer.write(records.encode_record(clip))
-        entries.append({"name": clip["name"], "frames": clip["mel"].shape[0], "shard": s,
-                        "index": j})
+      group = clips[s::shards]
+      for clip in group:
+        for data in shards_lib.clip_records([records.encode_record(clip)], page_frames):
+          writer.write(data)
+      entries.extend(shards_lib.clip_entries(
+          [(c["name"], None, c["mel"].shape[0]) for c in group], s, page_frames))
       writer.close()
       names.append(name)
     frames_total = sum(e["frames"] for e in entries)

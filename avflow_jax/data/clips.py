@@ -1,8 +1,9 @@
 """Reading clip records from the shards: a cached random-access source, and one clip by name."""
 
 import collections
+import dataclasses
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
@@ -50,77 +51,212 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-class DecodedClips:
-  """Random-access source of decoded clips with a bounded in-memory cache.
+@dataclasses.dataclass(frozen=True)
+class ClipLayout:
+  """Where the clips of a split live in its shards (read from the manifest).
 
-  A training crop needs a few seconds of a clip but reading the record costs the whole clip, so
-  clips are kept decoded (up to `cache_mb` per process) and later crops of them are free.
-  With `keep`, only those fields are returned and cached (e.g. the tokens for text-to-tokens
-  training: a few hundred kB of a many-MB record). A shard that cannot be read (deleted or
-  truncated under a running job) raises ShardError naming it, not array_record's traceback.
+  Clip i (in shard order) is records [first[i], first[i] + pages[i]) of the shards taken
+  end to end. Format 1 stores one record per clip (`page_frames` 0, every `pages` 1);
+  format 2 stores `page_frames`-frame pages (docs/data_format.md).
+  """
+  first: np.ndarray  # int64 (clips,): global index of the clip's first record.
+  pages: np.ndarray  # int64 (clips,): records of the clip.
+  frames: np.ndarray  # int64 (clips,): frames of the clip.
+  names: tuple[str, ...]
+  shard_records: tuple[int, ...]  # Records in each shard.
+  page_frames: int  # 0: one whole-clip record per clip.
+
+  @property
+  def paged(self) -> bool:
+    return self.page_frames > 0
+
+  def __len__(self) -> int:
+    return len(self.first)
+
+
+def page_frames(manifest: dict) -> int:
+  """Frames per page of a manifest's shards (0 for format 1: one record per clip).
+
+  Raises:
+    ValueError: an unknown format version or a bad page size.
+  """
+  version = int(manifest.get("format_version", 1))
+  if version == 1:
+    return 0
+  if version != 2:
+    raise ValueError(f"manifest.json format_version {version}: this avflow_jax reads "
+                     "formats 1 and 2 (docs/data_format.md); update avflow_jax")
+  size = manifest.get("page_frames")
+  if not isinstance(size, int) or size <= 0:
+    raise ValueError(f"manifest.json page_frames {size!r}: format 2 needs a positive integer")
+  return size
+
+
+def layout(manifest: dict, split: str) -> ClipLayout:
+  """The split's `ClipLayout` from its manifest entries.
+
+  Raises:
+    ValueError: the split is absent, or an entry's shard is outside the split's shards.
+  """
+  if split not in manifest.get("splits", {}):
+    raise ValueError(f"split {split!r} is not in the manifest (has "
+                     f"{sorted(manifest.get('splits', {}))})")
+  info = manifest["splits"][split]
+  size = page_frames(manifest)
+  entries = sorted(info.get("clips", []), key=lambda e: (int(e["shard"]), int(e["index"])))
+  n_shards = len(info.get("shards", []))
+  counts = [0] * n_shards
+  for e in entries:
+    s = int(e["shard"])
+    if not 0 <= s < n_shards:
+      raise ValueError(f"manifest.json clip {e['name']!r}: shard {s} is not one of the "
+                       f"{n_shards} shards of split {split!r}")
+    counts[s] += int(e.get("pages", 1)) if size else 1
+  offsets = np.cumsum([0] + counts)
+  first = np.array([offsets[int(e["shard"])] + int(e["index"]) for e in entries], np.int64)
+  pages = np.array([int(e.get("pages", 1)) if size else 1 for e in entries], np.int64)
+  frames = np.array([int(e["frames"]) for e in entries], np.int64)
+  return ClipLayout(first, pages, frames, tuple(e["name"] for e in entries), tuple(counts),
+                    size)
+
+
+class DecodedClips:
+  """Random-access source of the decoded clips of a split, with a bounded in-memory cache.
+
+  `clips[i]` is clip i (in shard order) whole; `frames(i, start, stop, fields)` reads only
+  what a crop needs: the pages it overlaps in paged shards (format 2), the cached whole
+  clip in format 1, where a crop costs the whole record (`cache_mb` of decoded records per
+  process keeps later crops of it free). With `keep`, `clips[i]` returns and caches only
+  those fields (e.g. the tokens for text-to-tokens training). A shard that cannot be read
+  (deleted or truncated under a running job) raises ShardError naming it, not
+  array_record's traceback.
   """
 
-  def __init__(self, paths: Sequence[str], cache_mb: float = 0,
-               keep: Optional[Sequence[str]] = None, sizes: Optional[Sequence[int]] = None):
+  def __init__(self, paths: Sequence[str], clip_layout: ClipLayout, cache_mb: float = 0,
+               keep: Optional[Sequence[str]] = None):
     self._paths = list(paths)
-    sizes = shard_sizes(self._paths) if sizes is None else list(sizes)
-    self._offsets = np.cumsum([0] + sizes)
+    self.layout = clip_layout
+    self._offsets = np.cumsum([0] + list(clip_layout.shard_records))
     try:
       self._source = grain.sources.ArrayRecordDataSource(self._paths)
     except Exception as e:  # pylint: disable=broad-except  (array_record raises RuntimeError)
       raise ShardError(f"{_first_line(e)} (a shard of {os.path.dirname(self._paths[0])})") from e
     self._keep = None if keep is None else frozenset(keep)
     self._budget = cache_mb * 2**20
-    self._cache: "collections.OrderedDict[int, dict]" = collections.OrderedDict()
+    self._cache: "collections.OrderedDict[Any, dict]" = collections.OrderedDict()
     self._bytes = 0
 
   def __len__(self) -> int:
-    return len(self._source)
+    return len(self.layout)
 
-  def shard_range(self, shard: int) -> tuple[int, int]:
-    """[start, stop) global record indices of shard number `shard`."""
-    return int(self._offsets[shard]), int(self._offsets[shard + 1])
+  def locate(self, record: int) -> tuple[str, int]:
+    """(shard path, record index in that shard) of global record `record`."""
+    shard = int(np.searchsorted(self._offsets, record, side="right")) - 1
+    return self._paths[shard], int(record - self._offsets[shard])
 
-  def locate(self, index: int) -> tuple[str, int]:
-    """(shard path, record index in that shard) of global record `index`."""
-    shard = int(np.searchsorted(self._offsets, index, side="right")) - 1
-    return self._paths[shard], int(index - self._offsets[shard])
-
-  def decode(self, index: int) -> dict:
-    """The whole decoded record `index` (no cache, no `keep`); ShardError naming the shard."""
+  def _read(self, records_: Sequence[int]) -> list[dict]:
+    """Decoded records (global indices); ShardError naming the shard and record."""
     try:
-      data = self._source[index]
+      data = self._source.__getitems__(list(records_))
     except Exception as e:  # pylint: disable=broad-except  (array_record raises RuntimeError)
-      path, local = self.locate(index)
+      path, local = self.locate(records_[0])
       state = "gone" if not os.path.exists(path) else "unreadable"
       raise ShardError(f"{path}: cannot read record {local}, the shard is {state} "
                        f"({_first_line(e)}); it was deleted, truncated or rewritten after "
                        "this run opened it (rerun `python -m data_prep`, then restart)") from e
+    out = []
+    for r, d in zip(records_, data):
+      try:
+        out.append(records.decode_record(d))
+      except ValueError as e:
+        path, local = self.locate(r)
+        raise ShardError(f"{path}: record {local}: {e}") from e
+    return out
+
+  def decode(self, index: int) -> dict:
+    """The whole decoded clip `index` (no cache, no `keep`); ShardError naming the shard."""
+    first, n = int(self.layout.first[index]), int(self.layout.pages[index])
+    decoded = self._read(range(first, first + n))
+    if not self.layout.paged:
+      return decoded[0]
     try:
-      return records.decode_record(data)
+      return records.join_pages(decoded)
     except ValueError as e:
-      path, local = self.locate(index)
-      raise ShardError(f"{path}: record {local}: {e}") from e
+      path, local = self.locate(first)
+      raise ShardError(f"{path}: records {local}..{local + n - 1}: {e}") from e
 
   def __getitem__(self, index: int) -> dict:
-    clip = self._cache.get(index)
-    if clip is not None:
-      self._cache.move_to_end(index)
-      return clip
-    clip = self.decode(index)
-    if self._keep is not None:
-      clip = {k: v for k, v in clip.items() if k in self._keep}
-    size = sum(v.nbytes for v in clip.values() if isinstance(v, np.ndarray))
-    if self._budget and size <= self._budget:
-      self._cache[index] = clip
-      self._bytes += size
-      while self._bytes > self._budget:
-        _, old = self._cache.popitem(last=False)
-        self._bytes -= sum(v.nbytes for v in old.values() if isinstance(v, np.ndarray))
+    clip = self._cached(("clip", index))
+    if clip is None:
+      clip = self.decode(index)
+      if self._keep is not None:
+        clip = {k: v for k, v in clip.items() if k in self._keep}
+      self._store(("clip", index), clip)
     return clip
+
+  def frames(self, index: int, start: int, stop: int,
+             fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """Frames [start, stop) of `fields` of clip `index` (raw values, as stored).
+
+    Args:
+      index: the clip.
+      start, stop: 0 <= start < stop <= the clip's frames.
+      fields: per-frame fields (`records.FRAME_FIELDS`); those the clip lacks are left out.
+    """
+    if not self.layout.paged:
+      clip = self[index]
+      return {k: np.asarray(clip[k])[start:stop] for k in fields if k in clip}
+    size = self.layout.page_frames
+    first = int(self.layout.first[index])
+    p0, p1 = start // size, (stop - 1) // size
+    pages = [None] * (p1 - p0 + 1)
+    missing = []
+    for j in range(len(pages)):
+      pages[j] = self._cached(("page", first + p0 + j, tuple(fields)))
+      if pages[j] is None:
+        missing.append(j)
+    if missing:
+      for j, page in zip(missing, self._read([first + p0 + j for j in missing])):
+        if page.get("page") != p0 + j:
+          path, local = self.locate(first + p0 + j)
+          raise ShardError(f"{path}: record {local} is page {page.get('page')} of clip "
+                           f"{page.get('name')!r}, the manifest says page {p0 + j} of "
+                           f"{self.layout.names[index]!r} (stale manifest?)")
+        page = {k: v for k, v in page.items() if k in fields}
+        self._store(("page", first + p0 + j, tuple(fields)), page)
+        pages[j] = page
+    return records.slice_pages(pages, p0, start, stop, size, fields)
+
+  def _cached(self, key) -> Optional[dict]:
+    value = self._cache.get(key)
+    if value is not None:
+      self._cache.move_to_end(key)
+    return value
+
+  def _store(self, key, value: dict) -> None:
+    size = _nbytes(value)
+    if not self._budget or size > self._budget:
+      return
+    self._cache[key] = value
+    self._bytes += size
+    while self._bytes > self._budget:
+      _, old = self._cache.popitem(last=False)
+      self._bytes -= _nbytes(old)
 
   def __repr__(self) -> str:  # Grain checks the source description when restoring state.
     return f"DecodedClips({self._paths})"
+
+
+def _nbytes(value: dict) -> int:
+  return sum(v.nbytes for v in value.values() if isinstance(v, np.ndarray))
+
+
+def open_clips(data_dir: str, manifest: dict, split: str, cache_mb: float = 0,
+               keep: Optional[Sequence[str]] = None) -> DecodedClips:
+  """The split's clips (no check of the shards beyond opening them; see crops.open_split)."""
+  paths = [os.path.join(os.path.expanduser(data_dir), s)
+           for s in manifest["splits"][split]["shards"]]
+  return DecodedClips(paths, layout(manifest, split), cache_mb, keep)
 
 
 def find_clip(data_dir: str, manifest: dict, name: str) -> tuple[str, dict]:
@@ -141,12 +277,25 @@ def read_clip(data_dir: str, manifest: dict, name: str) -> dict:
   path = os.path.join(data_dir, manifest["splits"][split]["shards"][entry["shard"]])
   if not os.path.exists(path):
     raise AvatarError(f"{path}: shard missing (clip {name!r})")
-  source = grain.sources.ArrayRecordDataSource([path])
-  record = records.decode_record(source[entry["index"]])
+  try:
+    record = _read_entry(grain.sources.ArrayRecordDataSource([path]), 0, entry,
+                         page_frames(manifest))
+  except ValueError as e:
+    raise AvatarError(f"{path}: {e}") from e
   if record.get("name") != name:
     raise AvatarError(f"{path}: record {entry['index']} is {record.get('name')!r}, the manifest "
                       f"says {name!r} (stale manifest?)")
   return record
+
+
+def _read_entry(source, offset: int, entry: dict, page_size: int) -> dict:
+  """The whole clip of manifest `entry` from `source` (its shard starts at record `offset`)."""
+  first = offset + int(entry["index"])
+  if not page_size:
+    return records.decode_record(source[first])
+  n = int(entry.get("pages", 1))
+  pages = [records.decode_record(d) for d in source.__getitems__(list(range(first, first + n)))]
+  return records.join_pages(pages)
 
 
 def split_entries(data_dir: str, manifest: dict, split: str) -> tuple[list[str], list[dict]]:
@@ -166,8 +315,14 @@ def split_entries(data_dir: str, manifest: dict, split: str) -> tuple[list[str],
   return shards, entries
 
 
-def iter_split_records(shards: list[str], entries: list[dict]) -> Iterator[tuple[dict, dict]]:
-  """Yields (manifest entry, decoded record), reading the split with one Grain source.
+def iter_split_records(shards: list[str], entries: list[dict],
+                       page_size: int = 0) -> Iterator[tuple[dict, dict]]:
+  """Yields (manifest entry, decoded whole clip), reading the split with one Grain source.
+
+  Args:
+    shards: the split's shard paths (`split_entries`).
+    entries: the manifest entries of the clips to read.
+    page_size: the manifest's `page_frames(manifest)` (0: one record per clip).
 
   The source concatenates the shards in order, so a clip's global index is its index in its
   shard plus the number of records in the shards before it.
@@ -177,11 +332,12 @@ def iter_split_records(shards: list[str], entries: list[dict]) -> Iterator[tuple
   source = grain.sources.ArrayRecordDataSource(shards)
   for e in entries:
     s, i = int(e["shard"]), int(e["index"])
-    if not (0 <= s < len(shards) and 0 <= i < sizes[s]):
+    n = int(e.get("pages", 1)) if page_size else 1
+    if not (0 <= s < len(shards) and 0 <= i and i + n <= sizes[s]):
       raise InputError(f"manifest clip {e['name']!r}: shard {s} index {i} is outside the "
                        f"shards ({sizes} records); stale manifest?")
     try:
-      record = records.decode_record(source[int(offsets[s] + i)])
+      record = _read_entry(source, int(offsets[s]), e, page_size)
     except ValueError as err:
       raise InputError(f"{shards[s]} record {i} (clip {e['name']!r}): {err}") from err
     if record.get("name") != e["name"]:

@@ -106,7 +106,8 @@ def build_utterance_index(data_dir: str, split: str, *, add_blank: bool = True,
       index = json.load(f)
     logging.info("t2t data: %d %s utterances from cache %s", len(index), split, cache)
     return index
-  source = clips.DecodedClips(paths)  # A missing or truncated shard: ShardError naming it.
+  # A missing or truncated shard: ShardError naming it.
+  source = clips.DecodedClips(paths, clips.layout(manifest, split))
   n = len(source)
   index, empty = [], 0
   t0 = time.time()
@@ -165,15 +166,17 @@ def filter_index(index: list[dict[str, Any]], max_symbols: int,
 
 
 class LoadUtterance(grain.transforms.Map):
-  """Index entry -> padded example, reading the record's tokens lazily.
+  """Index entry -> padded example, reading the clip's tokens lazily.
 
-  A record holds a whole clip (audio, mel, face, ...) but an utterance needs only its tokens,
-  so the decoded tokens are cached per record (`cache_mb` per process; 0 = re-read each time).
+  An utterance needs only its tokens: paged shards read just the pages it overlaps; whole-clip
+  records (format 1) are decoded whole, so their tokens are cached per record (`cache_mb` per
+  process; 0 = re-read each time).
   """
 
-  def __init__(self, paths: list[str], max_symbols: int, max_frames: int,
-               cache_mb: float = 0):
+  def __init__(self, paths: list[str], clip_layout: clips.ClipLayout, max_symbols: int,
+               max_frames: int, cache_mb: float = 0):
     self.paths = paths
+    self.layout = clip_layout
     self.max_symbols = max_symbols
     self.max_frames = max_frames
     self.cache_mb = cache_mb
@@ -186,14 +189,15 @@ class LoadUtterance(grain.transforms.Map):
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
     if self._source is None:
-      self._source = clips.DecodedClips(self.paths, self.cache_mb,
-                                                 keep=("name", "tokens"))
-    clip = self._source[element["record"]]
-    start, end = element["start"], element["end"]
-    tokens = np.asarray(clip["tokens"], np.float32)[start:end]
-    if tokens.ndim != 2 or tokens.shape[1] != constants.TOKEN_DIM:
-      raise ValueError(f"record {element['record']} ({clip.get('name', '?')}): field 'tokens' "
-                       f"has shape {tokens.shape}, expected (T, {constants.TOKEN_DIM})")
+      self._source = clips.DecodedClips(self.paths, self.layout, self.cache_mb,
+                                        keep=("name", "tokens"))
+    record, start, end = element["record"], element["start"], element["end"]
+    tokens = self._source.frames(record, start, end, ("tokens",)).get("tokens")
+    shape = None if tokens is None else tokens.shape
+    if tokens is None or tokens.ndim != 2 or tokens.shape[1] != constants.TOKEN_DIM:
+      raise ValueError(f"record {record} ({self.layout.names[record]}): field 'tokens' "
+                       f"has shape {shape}, expected (T, {constants.TOKEN_DIM})")
+    tokens = np.asarray(tokens, np.float32)
     ids = np.asarray(element["ids"], np.int32)
     out_ids = np.zeros((self.max_symbols,), np.int32)
     out_ids[:ids.size] = ids
@@ -250,7 +254,8 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
     raise ValueError(f"{data_dir} split {split!r}: {len(index)} usable utterances, fewer than "
                      f"one batch of {batch_size} (max_symbols={max_symbols}, "
                      f"max_frames={max_frames})")
-  paths = manifest_lib.shard_paths(data_dir, manifest_lib.load_manifest(data_dir), split)
+  manifest = manifest_lib.load_manifest(data_dir)
+  paths = manifest_lib.shard_paths(data_dir, manifest, split)
   ds = grain.MapDataset.source(index).seed(seed)
   if shuffle:
     ds = ds.shuffle()
@@ -259,7 +264,8 @@ def make_t2t_dataset(data_dir: str, split: str, batch_size: int, seed: int, max_
     # Equal work on every process: cut to whole global batches before slicing.
     ds = ds[:len(ds) // batch_size * batch_size]
   ds = rows_lib.HostRows(ds, rows, batch_size)
-  ds = ds.map(LoadUtterance(paths, max_symbols, max_frames, cache_mb))
+  ds = ds.map(LoadUtterance(paths, clips.layout(manifest, split), max_symbols, max_frames,
+                            cache_mb))
   ds = ds.batch(len(rows), drop_remainder=True)
   it = ds.to_iter_dataset()
   if num_workers > 0:

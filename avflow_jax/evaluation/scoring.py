@@ -238,7 +238,8 @@ def evaluate(args, log=print) -> dict[str, Any]:
   rig = loaded.face_rig
   recognizer, wer_missing = _recognizer(args, log)
   acc = av_metrics.MetricAccumulator(rig, recognizer, wer_missing)
-  bar = tqdm(clips.iter_split_records(shards, entries), total=len(entries), unit="clip",
+  records = clips.iter_split_records(shards, entries, clips.page_frames(loaded.manifest))
+  bar = tqdm(records, total=len(entries), unit="clip",
              desc=f"evaluate {args.split}", file=sys.stderr, dynamic_ncols=True)
   for i, (_, record) in enumerate(bar):
     rec = crop_record(record, max_frames, loaded.uses_participant)

@@ -126,7 +126,8 @@ def _clips(loaded, split: str, strict: bool = True):
   """
   from avflow_jax.data import utterances  # pylint: disable=g-import-not-at-top
   shards, entries = clips.split_entries(loaded.data_dir, loaded.manifest, split)
-  for e, record in clips.iter_split_records(shards, entries):
+  page_size = clips.page_frames(loaded.manifest)
+  for e, record in clips.iter_split_records(shards, entries, page_size):
     where = f"{loaded.data_dir} split {split!r} clip {e['name']!r}"
     try:
       utts = sorted(utterances.clip_utterances(record, where), key=lambda u: u[1])

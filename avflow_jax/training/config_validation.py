@@ -78,6 +78,9 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
   if config.batch_size % num_processes:
     _fail("batch_size", f"{config.batch_size} is not divisible by the {num_processes} processes")
   _validate_numbers(config)
+  sampling = config.data.get("crop_sampling", "clips")
+  if sampling not in ("frames", "clips"):
+    _fail("data.crop_sampling", f"{sampling!r} must be 'frames' or 'clips'")
   dims = manifest["dims"]
   if config.task == "av":
     _validate_av_model(config.model)
@@ -126,8 +129,9 @@ def _validate_av_model(m) -> None:
 # frozen (the head VAE under an AV model). Others (lr, steps, dtype, windows, ...) may change.
 _FROZEN = {
     "av": ("model.d_model", "model.num_layers", "model.hidden_dim", "model.num_heads",
-           "model.fusion", "data.participant", "data.stats_from", "head_vae"),
-    "head_vae": ("vae",),
+           "model.fusion", "data.participant", "data.stats_from", "data.crop_sampling",
+           "head_vae"),
+    "head_vae": ("vae", "data.crop_sampling"),
     "text_to_tokens": ("model",),
 }
 # Inside a frozen subtree, keys that do not change what was trained.

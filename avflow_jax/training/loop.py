@@ -32,6 +32,7 @@ from avflow_jax.models import head_vae
 from avflow_jax.training import config_validation
 from avflow_jax.training import head_vae_recipe
 from avflow_jax.training import init_from
+from avflow_jax.training import input_feed
 from avflow_jax.training import optim
 from avflow_jax.training import stopping
 from avflow_jax.training import task as task_lib
@@ -239,12 +240,21 @@ class _Run:
   eval_step: Any
 
 
-def _check_resume(config, workdir: str) -> None:
+def _check_resume(config, workdir: str):
   """A workdir with checkpoints keeps the fields its checkpoints were trained with."""
   if run_dir.latest_step(workdir) is None or not run_dir.has_run_config(workdir):
-    return
+    return config
   path = os.path.join(workdir, run_dir.RUN_CONFIG)
-  config_validation.check_resume(run_dir.read_run_config(workdir), config, path)
+  saved = run_dir.read_run_config(workdir)
+  config_validation.check_resume(saved, config, path)
+  if ("crop_sampling" not in saved.get("data", {}) and "crop_sampling" in config.data
+      and config.data.crop_sampling != "clips"):
+    # Saved before the knob existed: its data position is one of clip-uniform sampling.
+    logging.warning("%s predates data.crop_sampling: resuming with 'clips', the sampling it "
+                    "was trained with, so the batches continue exactly", path)
+    config = config.copy_and_resolve_references()
+    config.data.crop_sampling = "clips"
+  return config
 
 
 def _set_up(config, workdir: str) -> _Run:
@@ -254,7 +264,7 @@ def _set_up(config, workdir: str) -> _Run:
   manifest = manifest_lib.with_stats_from(manifest_lib.load_manifest(data_dir), data_dir,
                                           config.data.get("stats_from"))
   config_validation.validate(config, manifest, jax.device_count(), jax.process_count())
-  _check_resume(config, workdir)
+  config = _check_resume(config, workdir)
   run_dir.save_run_config(config, workdir, data_dir)
 
   mesh = sharding.make_mesh(config.mesh)
@@ -268,7 +278,8 @@ def _set_up(config, workdir: str) -> _Run:
   logging.info("Task %s: %s parameters.", task.name, f"{num_params:,}")
 
   rows = rows_lib.process_rows(config.batch_size, sharding.batch_sharding(mesh))
-  train_iter = iter(task.make_dataset(config.data.train_split, config.seed, rows))
+  train_iter = iter(input_feed.to_devices(
+      task.make_dataset(config.data.train_split, config.seed, rows), mesh))
 
   manager = checkpointing.make_manager(
       os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
@@ -300,8 +311,7 @@ def _train(run: _Run, stop: stopping.StopFlag) -> dict[str, float]:
   with metric_writer.progress(step, config.num_steps) as bar:
     while step < config.num_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        batch = sharding.global_batch(next(train_iter), mesh)
-        state, metrics = run.train_step(state, batch)
+        state, metrics = run.train_step(state, next(train_iter))
       if pending is not None:
         _check_finite(jax.device_get(pending[1]), pending[0])
       pending = (step, metrics)

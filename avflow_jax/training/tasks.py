@@ -37,7 +37,8 @@ def build_head_vae_task(config, manifest: dict, data_dir: str) -> task_lib.Task:
     return crops.make_crop_dataset(
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
         streams=("head",), seed=seed, rows=rows, num_workers=config.data.num_workers,
-        cache_mb=config.data.get("cache_mb", 0))
+        cache_mb=config.data.get("cache_mb", 0),
+        sampling=config.data.get("crop_sampling", "clips"))
 
   return task_lib.Task("head_vae", init, loss_fn, make_dataset, crop)
 
@@ -93,6 +94,7 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
     return crops.make_crop_dataset(
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
         streams=streams, seed=seed, rows=rows, num_workers=config.data.num_workers,
-        cache_mb=config.data.get("cache_mb", 0))
+        cache_mb=config.data.get("cache_mb", 0),
+        sampling=config.data.get("crop_sampling", "clips"))
 
   return task_lib.Task("av", init, loss_fn, make_dataset, crop)

@@ -11,7 +11,7 @@ import pytest
 
 from avflow_jax.core import audio as audio_lib
 from avflow_jax.core import constants as C
-from avflow_jax.core import records
+from avflow_jax.data import clips as clips_lib
 from data_prep import inspect as inspect_lib
 from data_prep import mel as mel_lib
 from data_prep import prepare
@@ -29,14 +29,11 @@ def run(fmt, inp, out, *extra):
 def load(out):
   with open(os.path.join(out, "manifest.json")) as f:
     manifest = json.load(f)
-  from array_record.python import array_record_module
   clips = {}
-  for split, info in manifest["splits"].items():
-    for entry in info["clips"]:
-      reader = array_record_module.ArrayRecordReader(
-          os.path.join(out, info["shards"][entry["shard"]]))
-      clip = records.decode_record(reader.read([entry["index"]])[0])
-      reader.close()
+  for split in manifest["splits"]:
+    shards, entries = clips_lib.split_entries(str(out), manifest, split)
+    for entry, clip in clips_lib.iter_split_records(shards, entries,
+                                                    clips_lib.page_frames(manifest)):
       clip["_split"] = split
       clips[entry["name"]] = clip
   return manifest, clips

@@ -111,10 +111,19 @@ def test_dims_disagreeing_with_the_shards_name_shard_clip_and_field(tiny_shards,
 def test_shard_from_another_run_is_refused(tiny_shards, tmp_path):
   data = _copy(tiny_shards, tmp_path)
   # The manifest lists one clip less for shard 1 than the file holds (a stale manifest).
-  _edit_manifest(data, lambda m: m["splits"]["train"].update(
-      clips=[c for c in m["splits"]["train"]["clips"] if c["shard"] != 1 or c["index"] != 2]))
-  with pytest.raises(clips.ShardError, match=r"train-00001-of-00002.array_record: 6 records, "
-                     r"manifest.json lists 5"):
+  def drop_last(m):
+    last = max(c["index"] for c in m["splits"]["train"]["clips"] if c["shard"] == 1)
+    m["splits"]["train"]["clips"] = [c for c in m["splits"]["train"]["clips"]
+                                     if c["shard"] != 1 or c["index"] != last]
+  _edit_manifest(data, drop_last)
+  with pytest.raises(clips.ShardError, match=r"train-00001-of-00002.array_record: \d+ records, "
+                     r"manifest.json lists \d+ pages of 5 clips"):
+    _ds(data)
+  # A clip left out in the middle: the others no longer tile the records.
+  data = _copy(tiny_shards, tmp_path / "middle")
+  _edit_manifest(data, lambda m: m["splits"]["train"]["clips"].pop(1))
+  with pytest.raises(clips.ShardError, match=r"array_record: (\d+ records|manifest.json's "
+                     r"clips of train shard 0 do not tile)"):
     _ds(data)
 
 
