@@ -146,3 +146,19 @@ def test_device_feed_prefetches_and_resumes_exactly(tiny_shards, tmp_path):
   checkpointing.restore(manager, {"x": jax.ShapeDtypeStruct((1,), np.float32)}, fresh)
   for i in range(5, 8):
     np.testing.assert_array_equal(np.asarray(next(fresh)["tokens"]), reference[i])
+
+
+def test_repage_converts_whole_clip_shards_to_the_same_crops(both_formats, tmp_path):
+  from data_prep import repage  # pylint: disable=g-import-not-at-top
+  whole, _ = both_formats
+  out = str(tmp_path / "repaged")
+  assert repage.main([whole, out, "--page-frames", "32", "--no-progress"]) == 0
+  manifest = manifest_lib.load_manifest(out)
+  assert manifest["format_version"] == 2 and manifest["page_frames"] == 32
+  assert manifest["stats"] == manifest_lib.load_manifest(whole)["stats"]
+  for a, b in zip(_batches(whole, "frames"), _batches(out, "frames")):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  # The source is only read, and an existing dataset is never overwritten.
+  assert manifest_lib.load_manifest(whole)["format_version"] == 1
+  assert repage.main([whole, out, "--no-progress"]) == 1
