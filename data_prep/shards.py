@@ -17,7 +17,7 @@ from avflow_jax.core import constants
 from avflow_jax.core import files
 from avflow_jax.core import records
 
-SHARD_OPTIONS = "group_size:1"
+SHARD_OPTIONS = "group_size:1,uncompressed"
 SHARD_PATTERN = re.compile(r"^(train|val)-(?:g(\d{4,})-)?\d{5}-of-\d{5}\.array_record$")
 TARGET_SHARD_BYTES = 256 << 20
 # 64 frames (0.74 s, ~150 kB with every stream): a crop of C frames reads at most
