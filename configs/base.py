@@ -27,6 +27,8 @@ def get_config(arg=None):
   c.data.eval_split = "val"  # Manifest split for the periodic validation loss.
   c.data.crop_frames = 345  # Training segment length in mel frames (4.0 s at 86.13 fps).
   c.data.num_workers = 0  # Grain multiprocessing workers per host (0 = read in the main process).
+  c.data.read_threads = 1  # Threads reading crops ahead in each reader process (0 = none);
+  # more threads contend for the GIL (16, Grain's default, halves the crops/s).
   c.data.participant = False  # Dyadic setting: condition on the participant's 87-d features.
   c.data.stats_from = config_dict.placeholder(str)  # Shard/normalisation dir whose manifest
   # stats normalise the streams instead of data.dir's (set by init.workdir; see below).

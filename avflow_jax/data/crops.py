@@ -21,6 +21,7 @@ from avflow_jax.data import manifest as manifest_lib
 from avflow_jax.data import rows as rows_lib
 
 SAMPLINGS = ("frames", "clips")
+READ_AHEAD_BATCHES = 2  # Batches each reader process assembles ahead of use.
 
 
 class ClipStart(grain.transforms.Map):
@@ -143,7 +144,7 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
                       crop: int, streams: Sequence[str], seed: int, process_index: int = 0,
                       process_count: int = 1, num_workers: int = 0,
                       rows: Optional[Sequence[int]] = None, cache_mb: float = 0,
-                      sampling: str = "frames") -> grain.IterDataset:
+                      sampling: str = "frames", read_threads: int = 1) -> grain.IterDataset:
   """Per-host batches of random crops, infinitely repeated.
 
   Args:
@@ -162,6 +163,9 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
     sampling: "frames": every start frame of the split is one sample, shuffled without
       replacement (long clips drawn in proportion to their length, the official recipe);
       "clips": each clip once per pass, at a random start.
+    read_threads: threads reading crops ahead in each reader process (0: read when asked).
+      A crop is mostly Python and numpy under the GIL: Grain's default of 16 threads delivers
+      about half the crops per second of one (benchmarks/bench_input.py).
 
   Returns:
     A grain IterDataset of dicts of numpy arrays with a leading per-host batch axis.
@@ -182,7 +186,9 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
   ds = ds.map(ReadCrop(source, crop, manifest_lib.stats_arrays(manifest), streams))
   ds = rows_lib.HostRows(ds, rows, global_batch_size)
   ds = ds.batch(len(rows), drop_remainder=True)
-  it = ds.to_iter_dataset()
+  # Elements here are batches: Grain's default read-ahead of 500 would hold 65 GB at 256 x 345.
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=READ_AHEAD_BATCHES))
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return it

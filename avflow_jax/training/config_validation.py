@@ -36,6 +36,7 @@ _NUMBERS = (
     ("seed", 0, None, True, True),
     ("data.crop_frames", 1, None, True, True),
     ("data.num_workers", 0, None, True, True),
+    ("data.read_threads", 0, None, True, True),
     ("data.cache_mb", 0, None, False, True),
     ("optim.lr", 0, None, False, False),
     ("optim.b1", 0, 1, False, True),

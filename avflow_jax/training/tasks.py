@@ -38,7 +38,8 @@ def build_head_vae_task(config, manifest: dict, data_dir: str) -> task_lib.Task:
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
         streams=("head",), seed=seed, rows=rows, num_workers=config.data.num_workers,
         cache_mb=config.data.get("cache_mb", 0),
-        sampling=config.data.get("crop_sampling", "clips"))
+        sampling=config.data.get("crop_sampling", "clips"),
+        read_threads=config.data.get("read_threads", 1))
 
   return task_lib.Task("head_vae", init, loss_fn, make_dataset, crop)
 
@@ -95,6 +96,7 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
         data_dir, manifest, split, global_batch_size=config.batch_size, crop=crop,
         streams=streams, seed=seed, rows=rows, num_workers=config.data.num_workers,
         cache_mb=config.data.get("cache_mb", 0),
-        sampling=config.data.get("crop_sampling", "clips"))
+        sampling=config.data.get("crop_sampling", "clips"),
+        read_threads=config.data.get("read_threads", 1))
 
   return task_lib.Task("av", init, loss_fn, make_dataset, crop)
