@@ -48,8 +48,16 @@ def get_config(arg=None):
   # pairs, one per layer; a negative value means unbounded (full attention) for that layer.
   c.model.attention_block = 64  # Query block of the linear-cost windowed attention.
   c.model.fusion = True  # Highway fusion between the towers (False = the ablation).
-  c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
-  c.model.remat = False  # Rematerialise blocks in the backward pass (saves memory, costs time).
+  c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params, LayerNorm,
+  # softmax, outputs and the loss stay float32).
+  c.model.remat = "none"  # Recompute blocks in the backward pass to save memory: "none",
+  # "full" (keep nothing), "dots_saveable" (keep matmul outputs) or
+  # "dots_with_no_batch_dims_saveable" (keep weight matmuls only); True/False mean full/none.
+  c.model.attention = "auto"  # "blocked" (linear-cost band), "dense" (T x T scores, as the
+  # official model), "cudnn" (jax.nn.dot_product_attention as a shifted causal window; the
+  # cuDNN kernel on GPU, XLA's elsewhere); "auto": cudnn on a GPU in bf16, else blocked.
+  c.model.scan_layers = False  # One block pair under nn.scan instead of num_layers unrolled
+  # (compiles once; params stacked under "layers"; needs one window for all layers).
 
   # ---- Initial weights (fine-tuning) -------------------------------------------------------
   c.init = ml_collections.ConfigDict()

@@ -154,6 +154,7 @@ def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None
   av_dims = dit.AVDims.from_data(dims, vae.latent_dim, config.data.get("participant", False))
   model = dit.make_av_model(config.model, av_dims)
   step, av_params = run_dir.load_params(workdir, which)
+  av_params = dit.to_layout(av_params, model.scan_layers)  # Either layer layout samples.
   _check_shape(f"{workdir} input_proj_a kernel", av_params["input_proj_a"]["kernel"].shape,
                (av_dims.audio + av_dims.cond, config.model.d_model),
                f"is data.dir ({data_dir}) the data this run was trained on?")

@@ -215,6 +215,9 @@ def _av_run_config(config, arch: dict, dims: dict, workdir: str, source: dict):
     c.task = "av"
     c.model.d_model, c.model.hidden_dim = arch["d_model"], arch["hidden_dim"]
     c.model.num_layers = arch["num_layers"]
+    # The official per-layer layout; a run with model.scan_layers starts from it through
+    # config.init.workdir (the layouts convert on load).
+    c.model.scan_layers = False
     c.data.participant = bool(dims.get("participant"))
     c.data.dir = os.path.join(workdir, NORMALISATION_DIR)
     # Also the statistics' source: `--data-dir SHARDS` (to evaluate on a dataset) must not

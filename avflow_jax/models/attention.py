@@ -131,13 +131,72 @@ def blocked_window_attention(q, k, v, *, window, lengths=None, block: int = 64):
   return out.reshape(b, nb * block, h, d)[:, :t]
 
 
+IMPLEMENTATIONS = ("blocked", "dense", "cudnn")
+
+
+def shifted_causal_attention(q, k, v, *, window, lengths=None, implementation="xla"):
+  """The (left, right) band as a causal sliding window, through `jax.nn.dot_product_attention`.
+
+  cuDNN's fused attention supports causal sliding windows only. Shifting the keys and values
+  `right` frames relative to the queries (here: `right` empty query rows in front, `right`
+  empty key rows at the end, so the sequence is T + right long) turns the band
+  [i - left, i + right] of query i into the causal window [p - left - right, p] of its new
+  position p = i + right. Keys at or past `lengths` are cut by `key_value_seq_lengths`; a
+  query whose whole band lies past the valid keys gets zeros, as in `blocked_window_attention`.
+
+  Args:
+    q, k, v: (B, T, H, D), rotary embeddings already applied.
+    window: (left, right), both >= 0.
+    lengths: optional (B,) number of valid frames.
+    implementation: "cudnn" (GPU, bf16/fp16), "xla" (any device), or None (JAX picks).
+
+  Returns:
+    (B, T, H, D) attention output.
+  """
+  left, right = window
+  b, t = q.shape[:2]
+  valid = jnp.full((b,), t, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+  if right:
+    q = jnp.pad(q, ((0, 0), (right, 0), (0, 0), (0, 0)))
+    k = jnp.pad(k, ((0, 0), (0, right), (0, 0), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, right), (0, 0), (0, 0)))
+  out = jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, local_window_size=(left + right, 0),
+      key_value_seq_lengths=valid, implementation=implementation)[:, right:]
+  has_key = (jnp.arange(t)[None, :] - left) < valid[:, None]  # The band meets a valid key.
+  return jnp.where(has_key[:, :, None, None], out, 0).astype(q.dtype)
+
+
 def windowed_attention(q, k, v, *, window: Optional[tuple[int, int]], lengths=None,
-                       block: int = 64):
-  """Dispatches to blocked attention for finite windows, dense attention otherwise.
+                       block: int = 64, implementation: str = "blocked"):
+  """The (left, right) band attention by one of `IMPLEMENTATIONS` (all equal to 1e-5).
 
   A negative side is unbounded on that side only (as `layer_windows` documents and the official
-  model's None does): (-1, 0) is causal attention.
+  model's None does): (-1, 0) is causal attention. "blocked" is linear in T (query blocks of
+  `block` frames); "dense" builds the T x T scores (as the official model does); "cudnn" runs
+  `shifted_causal_attention` with the cuDNN kernel on a GPU and XLA's elsewhere. Unbounded
+  windows always take the dense path.
   """
-  if window is None or window[0] < 0 or window[1] < 0:
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"config.model.attention={implementation!r}: must be 'auto' or one of "
+                     f"{IMPLEMENTATIONS}")
+  if window is None or window[0] < 0 or window[1] < 0 or implementation == "dense":
     return dense_attention(q, k, v, window=window, lengths=lengths)
+  if implementation == "cudnn":
+    impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    return shifted_causal_attention(q, k, v, window=tuple(window), lengths=lengths,
+                                    implementation=impl)
   return blocked_window_attention(q, k, v, window=tuple(window), lengths=lengths, block=block)
+
+
+def resolve_implementation(name: str, dtype, head_dim: int, backend: Optional[str] = None) -> str:
+  """`config.model.attention` as one of `IMPLEMENTATIONS` for this device.
+
+  "auto" takes cuDNN's fused kernel on a GPU where it applies (bf16/fp16 compute, head dim a
+  multiple of 8 up to 128) and the blocked attention elsewhere (CPU, TPU, float32 on GPU).
+  """
+  if name != "auto":
+    return name
+  backend = backend or jax.default_backend()
+  fused = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+  return "cudnn" if backend == "gpu" and fused else "blocked"

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -74,6 +75,7 @@ class WindowedAttention(nn.Module):
   window: Optional[tuple[int, int]]
   block: int = 64
   dtype: Dtype = jnp.float32
+  implementation: str = "blocked"
 
   @nn.compact
   def __call__(self, x, lengths=None):
@@ -87,7 +89,7 @@ class WindowedAttention(nn.Module):
     q = attention.rotary_embedding(q, pos)
     k = attention.rotary_embedding(k, pos)
     out = attention.windowed_attention(q, k, v, window=self.window, lengths=lengths,
-                                       block=self.block)
+                                       block=self.block, implementation=self.implementation)
     out = out.reshape(b, t, self.d_model)
     return dense(self.d_model, ("qkv", "embed"), "out", self.dtype)(out)
 
@@ -112,15 +114,76 @@ class DiTBlock(nn.Module):
   window: Optional[tuple[int, int]]
   block: int = 64
   dtype: Dtype = jnp.float32
+  implementation: str = "blocked"
 
   @nn.compact
   def __call__(self, x, temb, lengths=None):
     attn = WindowedAttention(self.d_model, self.num_heads, self.window, self.block,
-                             self.dtype, name="attn")
+                             self.dtype, self.implementation, name="attn")
     x = AdaLNSublayer(self.d_model, self.dtype, name="attn_mod")(
         x, temb, lambda y: attn(y, lengths))
     ff = FeedForward(self.d_model, self.hidden_dim, self.dtype, name="ff")
     return AdaLNSublayer(self.d_model, self.dtype, name="ff_mod")(x, temb, ff)
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # Recompute the whole block.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # Keep matmul outputs.
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Keep weight matmuls only.
+}
+SCAN_NAME = "layers"  # The scanned block pair's parameters: every leaf gains a leading layer axis.
+
+
+def remat_policy(remat) -> Optional[str]:
+  """`config.model.remat` as a `REMAT_POLICIES` name; old configs' booleans are accepted."""
+  if isinstance(remat, bool):
+    return "full" if remat else "none"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"config.model.remat={remat!r}: must be one of {sorted(REMAT_POLICIES)}")
+  return remat
+
+
+def _layer(xv, xa, temb, lengths, *, suffix: str, d_model, hidden_dim, num_heads, window,
+           fusion, block, dtype, implementation, remat):
+  """Layer `suffix` of both towers and its highway fusion, created in the calling module."""
+  block_cls = DiTBlock
+  if remat != "none":
+    block_cls = nn.remat(DiTBlock, policy=REMAT_POLICIES[remat])
+  kw = dict(d_model=d_model, hidden_dim=hidden_dim, num_heads=num_heads, window=window,
+            block=block, dtype=dtype, implementation=implementation)
+  xv = block_cls(**kw, name=f"block_v{suffix}")(xv, temb, lengths)
+  xa = block_cls(**kw, name=f"block_a{suffix}")(xa, temb, lengths)
+  if fusion:
+    # Highway fusion: audio first in the concat, as in the official model.
+    y = dense(2 * d_model, ("embed", "fusion"), f"fusion{suffix}", dtype)(
+        jnp.concatenate([xa, xv], -1))
+    xa = xa + y[..., :d_model]
+    xv = xv + y[..., d_model:]
+  return xv, xa
+
+
+class BlockPair(nn.Module):
+  """One layer of both towers and its fusion: the unit `scan_layers` repeats (params
+  block_v, block_a, fusion; the unrolled model names them block_v_{i}, ...)."""
+  d_model: int
+  hidden_dim: int
+  num_heads: int
+  window: Optional[tuple[int, int]]
+  fusion: bool = True
+  block: int = 64
+  dtype: Dtype = jnp.float32
+  implementation: str = "blocked"
+  remat: str = "none"
+
+  @nn.compact
+  def __call__(self, carry, temb, lengths=None):
+    xv, xa = _layer(*carry, temb, lengths, suffix="", d_model=self.d_model,
+                    hidden_dim=self.hidden_dim, num_heads=self.num_heads, window=self.window,
+                    fusion=self.fusion, block=self.block, dtype=self.dtype,
+                    implementation=self.implementation, remat=self.remat)
+    return (xv, xa), None
 
 
 class AVFlowTransformer(nn.Module):
@@ -134,7 +197,14 @@ class AVFlowTransformer(nn.Module):
       on that side only.
     fusion: whether the highway fusion layers are used (the ablation switches it off).
     attention_block: query block size of the blocked windowed attention.
-    dtype: compute dtype; parameters are always float32.
+    remat: a `REMAT_POLICIES` name (or a bool: full / none).
+    dtype: compute dtype; parameters are always float32 (LayerNorm, softmax and the outputs
+      are computed in float32 whatever it is).
+    attention: one of `attention.IMPLEMENTATIONS` (resolve "auto" with
+      `attention.resolve_implementation` first).
+    scan_layers: run one `BlockPair` under `nn.scan` instead of unrolling the layers (one
+      compiled layer; needs the same window for every layer). Its parameters are stacked
+      under "layers"; `stack_layers` / `unstack_layers` convert between the layouts.
   """
   visual_dim: int = 264
   audio_dim: int = 80
@@ -144,8 +214,10 @@ class AVFlowTransformer(nn.Module):
   windows: Sequence[Optional[tuple[int, int]]] = ((16, 8),) * 8
   fusion: bool = True
   attention_block: int = 64
-  remat: bool = False
+  remat: Any = "none"
   dtype: Dtype = jnp.float32
+  attention: str = "blocked"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x_visual, x_audio, cond, t, lengths=None):
@@ -168,19 +240,22 @@ class AVFlowTransformer(nn.Module):
     xa = dense(d, ("input", "embed"), "input_proj_a", self.dtype)(
         jnp.concatenate([x_audio.astype(self.dtype), cond], -1))
     temb = TimeEmbedding(d, self.dtype, name="time_embed")(t)
-    block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
-    for i, window in enumerate(self.windows):
-      window = None if window is None or max(window) < 0 else tuple(window)
-      kw = dict(d_model=d, hidden_dim=self.hidden_dim, num_heads=self.num_heads,
-                window=window, block=self.attention_block, dtype=self.dtype)
-      xv = block_cls(**kw, name=f"block_v_{i}")(xv, temb, lengths)
-      xa = block_cls(**kw, name=f"block_a_{i}")(xa, temb, lengths)
-      if self.fusion:
-        # Highway fusion: audio first in the concat, as in the official model.
-        y = dense(2 * d, ("embed", "fusion"), f"fusion_{i}", self.dtype)(
-            jnp.concatenate([xa, xv], -1))
-        xa = xa + y[..., :d]
-        xv = xv + y[..., d:]
+    windows = [None if w is None or max(w) < 0 else tuple(w) for w in self.windows]
+    kw = dict(d_model=d, hidden_dim=self.hidden_dim, num_heads=self.num_heads,
+              fusion=self.fusion, block=self.attention_block, dtype=self.dtype,
+              implementation=self.attention, remat=remat_policy(self.remat))
+    # The scanned pair's remat applies per block inside the scan, as in the unrolled model.
+    if self.scan_layers:
+      if len(set(windows)) > 1:
+        raise ValueError(f"config.model.scan_layers: needs one window for every layer, got "
+                         f"{windows}")
+      scanned = nn.scan(BlockPair, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast), length=len(windows),
+                        metadata_params={nn.PARTITION_NAME: SCAN_NAME})
+      (xv, xa), _ = scanned(window=windows[0], **kw, name=SCAN_NAME)((xv, xa), temb, lengths)
+    else:
+      for i, window in enumerate(windows):
+        xv, xa = _layer(xv, xa, temb, lengths, suffix=f"_{i}", window=window, **kw)
     out_v = dense(self.visual_dim, ("embed", "output"), "out_v", self.dtype)(xv)
     out_a = dense(self.audio_dim, ("embed", "output"), "out_a", self.dtype)(xa)
     return out_v.astype(jnp.float32), out_a.astype(jnp.float32)
@@ -241,13 +316,63 @@ class AVDims:
 
 
 def make_av_model(model_cfg, dims: AVDims) -> AVFlowTransformer:
-  """Builds the network from the `config.model` ConfigDict and the stream widths."""
+  """Builds the network from the `config.model` ConfigDict and the stream widths.
+
+  `model.attention` "auto" is resolved here for the default device (`attention.
+  resolve_implementation`); knobs that old run configs lack take their old behaviour.
+  """
+  dtype = jnp.dtype(model_cfg.dtype)
+  impl = attention.resolve_implementation(model_cfg.get("attention", "blocked"), dtype,
+                                          model_cfg.d_model // model_cfg.num_heads)
   return AVFlowTransformer(
       visual_dim=dims.visual, audio_dim=dims.audio, d_model=model_cfg.d_model,
       hidden_dim=model_cfg.hidden_dim, num_heads=model_cfg.num_heads,
       windows=layer_windows(model_cfg.windows, model_cfg.num_layers), fusion=model_cfg.fusion,
-      attention_block=model_cfg.attention_block, remat=model_cfg.get("remat", False),
-      dtype=jnp.dtype(model_cfg.dtype))
+      attention_block=model_cfg.attention_block, remat=remat_policy(model_cfg.get("remat", False)),
+      dtype=dtype, attention=impl, scan_layers=bool(model_cfg.get("scan_layers", False)))
+
+
+_PER_LAYER = ("block_v", "block_a", "fusion")
+
+
+def is_stacked(params) -> bool:
+  """Whether AV params are in the scanned layout (one "layers" entry of stacked leaves)."""
+  return SCAN_NAME in params
+
+
+def stack_layers(params: dict) -> dict:
+  """Per-layer AV params (block_v_{i}, block_a_{i}, fusion_{i}) -> the `scan_layers` layout.
+
+  Works on host (numpy) or device trees; other entries are kept. Inverse: `unstack_layers`.
+  """
+  n = sum(1 for k in params if k.startswith("block_v_"))
+  xp = np if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params)) else jnp
+  out = {k: v for k, v in params.items()
+         if not any(k == f"{name}_{i}" for name in _PER_LAYER for i in range(n))}
+  out[SCAN_NAME] = {name: jax.tree.map(lambda *xs: xp.stack(xs),
+                                       *[params[f"{name}_{i}"] for i in range(n)])
+                    for name in _PER_LAYER if f"{name}_0" in params}
+  return out
+
+
+def unstack_layers(params: dict) -> dict:
+  """The `scan_layers` layout -> per-layer AV params; inverse of `stack_layers`."""
+  out = {k: v for k, v in params.items() if k != SCAN_NAME}
+  stacked = params[SCAN_NAME]
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  for name, tree in stacked.items():
+    for i in range(n):
+      out[f"{name}_{i}"] = jax.tree.map(lambda x, i=i: x[i], tree)
+  return out
+
+
+def to_layout(params: dict, scan_layers: bool) -> dict:
+  """AV params (or a tree shaped like them, e.g. Adam moments) in the layout a model uses."""
+  if scan_layers and not is_stacked(params):
+    return stack_layers(params)
+  if not scan_layers and is_stacked(params):
+    return unstack_layers(params)
+  return params
 
 
 def init_av_params(model: AVFlowTransformer, dims: AVDims, rng, frames: int = 16):

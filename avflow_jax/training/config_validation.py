@@ -9,6 +9,7 @@ import os
 import jax.numpy as jnp
 
 from avflow_jax.core import sharding
+from avflow_jax.models import attention
 from avflow_jax.models import dit
 
 
@@ -124,19 +125,34 @@ def _validate_av_model(m) -> None:
     _fail("model.dtype", f"{m.dtype!r} is not a dtype (use 'float32' or 'bfloat16')")
   if m.dtype not in ("float32", "bfloat16"):
     _fail("model.dtype", f"{m.dtype!r}: use 'float32' or 'bfloat16'")
+  impl = m.get("attention", "blocked")
+  if impl not in ("auto",) + attention.IMPLEMENTATIONS:
+    _fail("model.attention", f"{impl!r}: use 'auto' or one of {attention.IMPLEMENTATIONS}")
+  try:
+    dit.remat_policy(m.get("remat", False))
+  except ValueError as e:
+    raise ValueError(str(e)) from None
+  scan = m.get("scan_layers", False)
+  if not isinstance(scan, bool):
+    _fail("model.scan_layers", f"{scan!r} must be True or False")
+  if scan and len(set(dit.layer_windows(m.windows, m.num_layers))) > 1:
+    _fail("model.scan_layers", "a scanned layer needs the same model.windows for every layer "
+          f"(got {m.windows}); set scan_layers=False for per-layer windows")
 
 
 # Fields a resumed run must keep: they decide the parameters' shapes or what was trained and
 # frozen (the head VAE under an AV model). Others (lr, steps, dtype, windows, ...) may change.
 _FROZEN = {
     "av": ("model.d_model", "model.num_layers", "model.hidden_dim", "model.num_heads",
-           "model.fusion", "data.participant", "data.stats_from", "data.crop_sampling",
+           "model.fusion", "model.scan_layers", "data.participant", "data.stats_from", "data.crop_sampling",
            "head_vae"),
     "head_vae": ("vae", "data.crop_sampling"),
     "text_to_tokens": ("model",),
 }
+# What a frozen field meant in a run saved before the field existed.
+_SAVED_DEFAULTS = {"model.scan_layers": False}
 # Inside a frozen subtree, keys that do not change what was trained.
-_FREE_KEYS = ("dtype", "remat", "workdir")
+_FREE_KEYS = ("dtype", "remat", "attention", "workdir")
 
 
 def _plain(value):
@@ -169,7 +185,9 @@ def check_resume(saved, config, path: str) -> None:
     try:
       old = _plain(_get(saved, field))
     except (KeyError, AttributeError):
-      continue  # Saved by a version without this field.
+      if field not in _SAVED_DEFAULTS:
+        continue  # Saved by a version without this field.
+      old = _SAVED_DEFAULTS[field]
     new = _plain(_get(config, field))
     if old == new:
       continue

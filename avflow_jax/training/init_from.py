@@ -20,6 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from avflow_jax.core import run_dir
+from avflow_jax.models import dit
 
 
 def _init_dir(config) -> Optional[str]:
@@ -125,6 +126,9 @@ def apply(config, state: dict, state_sharding: dict) -> dict:
   which = config.init.get("which", "params")
   what = f"config.init.workdir={init_dir}"
   step, params = run_dir.load_params(init_dir, which, what=what)
+  stacked = dit.is_stacked(state["params"])
+  converted = dit.is_stacked(params) != stacked
+  params = dit.to_layout(params, stacked)  # Either layer layout starts either model.
   _check_same(what, params, state["params"])
   host = jax.device_get(params)
   put = lambda: jax.tree.map(jax.device_put, host, state_sharding["params"])
@@ -133,6 +137,9 @@ def apply(config, state: dict, state_sharding: dict) -> dict:
   logging.info("Initial weights: %s (step %d, %s).", init_dir, step, which)
   if not config.init.get("adam_moments", False):
     return state
+  if converted:
+    raise ValueError(f"{what}: config.init.adam_moments needs the initial run's layer layout "
+                     f"(model.scan_layers={not stacked}); set it, or adam_moments=False")
   adam = _adam_state(state["opt_state"])
   adam_sh = _adam_state(state_sharding["opt_state"])
   target = lambda tree, sh: jax.tree.map(
