@@ -106,8 +106,19 @@ def test_resume_refuses_another_task_or_listener():
 
 def test_resume_allows_what_does_not_change_the_parameters():
   saved, new = tiny.get_config(), tiny.get_config()
-  new.optim.lr, new.num_steps, new.model.dtype, new.model.remat = 1e-5, 99, "bfloat16", True
+  new.optim.lr, new.num_steps, new.model.dtype, new.model.remat = 1e-5, 99, "bfloat16", "full"
+  new.model.attention = "dense"
   config_validation.check_resume(saved, new, "config.json")
+
+
+def test_resume_keeps_the_layer_layout_even_of_runs_saved_before_the_knob():
+  saved, new = tiny.get_config(), tiny.get_config()
+  with saved.unlocked():
+    del saved.model["scan_layers"]  # Saved before model.scan_layers: its params are per layer.
+  config_validation.check_resume(saved, new, "config.json")
+  new.model.scan_layers = True
+  with pytest.raises(ValueError, match="config.model.scan_layers: True differs from False"):
+    config_validation.check_resume(saved, new, "config.json")
 
 
 def test_resume_accepts_model_fields_added_since_the_run_was_saved():
