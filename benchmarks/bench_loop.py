@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-import common  # pylint: disable=wrong-import-position
 from avflow_jax.core import run_dir  # pylint: disable=wrong-import-position
 from avflow_jax.training import loop  # pylint: disable=wrong-import-position
 from avflow_jax.training import random_init  # pylint: disable=wrong-import-position

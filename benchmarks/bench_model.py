@@ -25,10 +25,10 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import common  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-import common  # pylint: disable=wrong-import-position
 from avflow_jax import api  # pylint: disable=wrong-import-position
 from avflow_jax.core import constants  # pylint: disable=wrong-import-position
 from avflow_jax.models import attention  # pylint: disable=wrong-import-position

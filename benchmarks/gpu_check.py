@@ -25,10 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
-
-import common  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,6 +100,7 @@ def sample_stage(plan, data_dir, root) -> list:
 def t2t_stage(plan, avatar) -> dict:
   """Text -> tokens (random weights scaled to the length) -> AV motion, compiled."""
   import bench_sample  # pylint: disable=g-import-not-at-top
+
   from avflow_jax.core import constants  # pylint: disable=g-import-not-at-top
   t2t = bench_sample.time_text_to_tokens(plan["t2t_seconds"],
                                          os.path.join(ROOT, "configs/text_to_tokens.py"))
