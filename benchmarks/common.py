@@ -133,6 +133,7 @@ class TrainProgram:
     train_step, _ = loop.jit_steps(task, tx, schedule, config, self.mesh, state_sh)
     self.params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
     rows = rows_lib.process_rows(config.batch_size, sharding.batch_sharding(self.mesh))
+    self.task, self.rows = task, rows
     local = next(iter(task.make_dataset("train", 0, rows)))
     if compile_only or lower_only:
       batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
@@ -172,14 +173,21 @@ class TrainProgram:
     self._state = holder[0]
     return seconds
 
-  def time_chain(self, steps: int) -> float:
+  def staged_batches(self, n: int) -> list:
+    """The task pipeline's first `n` batches, already on the devices."""
+    it = iter(self.task.make_dataset("train", 0, self.rows))
+    return [sharding.global_batch(next(it), self.mesh) for _ in range(n)]
+
+  def time_chain(self, steps: int, batches=None) -> float:
     """Seconds per step of `steps` steps dispatched back to back (one wait at the end), as a
-    loop that never waits on the host would run them."""
-    state, metrics = self.compiled(self._state, self._batch)
+    loop that never waits on the host would run them; over `batches` in turn (distinct batches
+    already on the devices; one fixed batch stays in the CPU's caches and runs ~8% faster)."""
+    batches = batches or [self._batch]
+    state, metrics = self.compiled(self._state, batches[0])
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = self.compiled(state, self._batch)
+    for i in range(steps):
+      state, metrics = self.compiled(state, batches[i % len(batches)])
     jax.block_until_ready((state, metrics))
     self._state = state
     return (time.perf_counter() - t0) / steps

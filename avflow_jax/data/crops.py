@@ -13,6 +13,7 @@ uninterrupted run would have.
 import collections
 from typing import Any, Optional, Sequence
 
+from absl import logging
 import grain
 import numpy as np
 
@@ -175,6 +176,10 @@ def make_crop_dataset(data_dir: str, manifest: dict, split: str, *, global_batch
   if sampling not in SAMPLINGS:
     raise ValueError(f"config.data.crop_sampling={sampling!r}: must be one of {SAMPLINGS}")
   source = open_split(data_dir, manifest, split, cache_mb)
+  if not source.layout.paged:
+    logging.warning("%s holds whole-clip records (format 1): every crop decodes its whole clip. "
+                    "`python -m data_prep.repage %s NEW_DIR` writes the paged format, where a "
+                    "crop reads only its pages.", data_dir, data_dir)
   frames = source.layout.frames
   # Starts are drawn before the host split, so they depend on the global index only.
   if sampling == "frames":

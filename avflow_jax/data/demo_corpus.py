@@ -1,5 +1,6 @@
 """Builds the embedded demo avatar's shards on first use, so the main job runs out of the box."""
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ def ensure_demo_shards(cache: str, minutes: float, seed: int) -> str:
   """
   shards = demo_shard_dir(cache, minutes, seed)
   corpus = os.path.join(os.path.dirname(shards), "corpus")
-  if jax.process_index() == 0 and not os.path.exists(os.path.join(shards, "manifest.json")):
+  if jax.process_index() == 0 and _needs_prepare(shards):
     if not os.path.exists(os.path.join(corpus, "COMPLETE")):
       logging.info("Generating the %g-minute demo corpus into %s (once).", minutes, corpus)
       _run([sys.executable, "-m", "data_prep.demo", "--output", corpus,
@@ -34,6 +35,20 @@ def ensure_demo_shards(cache: str, minutes: float, seed: int) -> str:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("demo_shards_ready")
   return shards
+
+
+def _needs_prepare(shards: str) -> bool:
+  """No shards yet, or whole-clip shards of an older version whose corpus is still cached (a
+  re-prepare reuses its clips and writes paged shards: the same crops, cheaper to read)."""
+  path = os.path.join(shards, "manifest.json")
+  if not os.path.exists(path):
+    return True
+  corpus = os.path.join(os.path.dirname(shards), "corpus", "COMPLETE")
+  try:
+    with open(path) as f:
+      return int(json.load(f).get("format_version", 1)) < 2 and os.path.exists(corpus)
+  except (OSError, ValueError):
+    return False  # Let the pipeline report what is wrong with it.
 
 
 def _run(cmd):
