@@ -14,11 +14,12 @@ from avflow_jax.training import config_validation
 from configs import tiny
 
 DIMS = dit.AVDims(face=12, head_latent=4, audio=10, cond=7)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # Many small programs: compile >> run.
 
 
 def _cfg(**kw):
   c = ml_collections.ConfigDict(dict(
-      num_layers=3, d_model=32, hidden_dim=64, num_heads=2, windows=(4, 2), attention_block=8,
+      num_layers=2, d_model=32, hidden_dim=64, num_heads=2, windows=(4, 2), attention_block=8,
       fusion=True, dtype="float32", remat="none", attention="blocked", scan_layers=False))
   c.update(kw)
   return c
@@ -47,13 +48,14 @@ def params():
 
 
 def _outputs(cfg, params, inputs):
-  return dit.make_av_model(cfg, DIMS).apply({"params": params}, *inputs)
+  model = dit.make_av_model(cfg, DIMS)
+  return jax.jit(lambda p, x: model.apply({"params": p}, *x))(params, inputs)
 
 
 def _grads(cfg, params, inputs):
   model = dit.make_av_model(cfg, DIMS)
-  loss = lambda p: sum(jnp.mean(o ** 2) for o in model.apply({"params": p}, *inputs))
-  return jax.grad(loss)(params)
+  loss = lambda p, x: sum(jnp.mean(o ** 2) for o in model.apply({"params": p}, *x))
+  return jax.jit(jax.grad(loss))(params, inputs)
 
 
 def _rel_err(a, b) -> float:
