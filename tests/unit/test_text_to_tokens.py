@@ -194,9 +194,11 @@ def _write_t2t_shards(out_dir):
   for clip in clips:
     writer.write(records.encode_record(clip))
   writer.close()
+  entries = [{"name": c["name"], "frames": int(c["tokens"].shape[0]), "shard": 0, "index": i}
+             for i, c in enumerate(clips)]
   manifest = {"format_version": 1, "source_format": "ljspeech", "dims": {"tokens": 29},
               "stats": {}, "splits": {"train": {"shards": [os.path.basename(path)],
-                                                "clips": [], "hours": 0.0}}}
+                                                "clips": entries, "hours": 0.0}}}
   with open(os.path.join(out_dir, "manifest.json"), "w") as f:
     json.dump(manifest, f)
   return clips
