@@ -41,13 +41,21 @@ def load_config(path):
   return mod.get_config()
 
 
-def median_time(fn, repeats):
+def _times(fn, repeats) -> list:
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return times
+
+
+def median_time(fn, repeats) -> float:
+  return float(np.median(_times(fn, repeats)))
+
+
+def best_time(fn, repeats) -> float:
+  return float(min(_times(fn, repeats)))
 
 
 def device_peak(dtype: str):
@@ -57,15 +65,6 @@ def device_peak(dtype: str):
     if name.lower() in kind.lower():
       return PEAK_TFLOPS[name][dtype], f"datasheet ({name})"
   return None, None
-
-
-def best_time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(min(times))
 
 
 def matmul_peak(dtype: str, n: int = 2048, repeats: int = 10) -> float:
