@@ -55,7 +55,8 @@ def get_config(arg=None):
   # "dots_with_no_batch_dims_saveable" (keep weight matmuls only); True/False mean full/none.
   c.model.attention = "auto"  # "blocked" (linear-cost band), "dense" (T x T scores, as the
   # official model), "cudnn" (jax.nn.dot_product_attention as a shifted causal window; the
-  # cuDNN kernel on GPU, XLA's elsewhere); "auto": cudnn on a GPU in bf16, else blocked.
+  # cuDNN kernel on GPU, XLA's elsewhere); "auto": cudnn on a GPU in bf16 where it compiles,
+  # else blocked.
   c.model.scan_layers = False  # One block pair under nn.scan instead of num_layers unrolled
   # (compiles once; params stacked under "layers"; needs one window for all layers).
 

@@ -8,8 +8,10 @@ queries are cut into blocks of `block` frames and each block attends only to its
 FLOPs are O(T * (block + left + right)), never O(T^2).
 """
 
+import functools
 from typing import Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,10 +195,32 @@ def resolve_implementation(name: str, dtype, head_dim: int, backend: Optional[st
   """`config.model.attention` as one of `IMPLEMENTATIONS` for this device.
 
   "auto" takes cuDNN's fused kernel on a GPU where it applies (bf16/fp16 compute, head dim a
-  multiple of 8 up to 128) and the blocked attention elsewhere (CPU, TPU, float32 on GPU).
+  multiple of 8 up to 128) and compiles there (`cudnn_compiles`), and the blocked attention
+  elsewhere (CPU, TPU, float32 on GPU, or a GPU whose cuDNN lacks the kernel).
   """
   if name != "auto":
     return name
   backend = backend or jax.default_backend()
   fused = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
-  return "cudnn" if backend == "gpu" and fused else "blocked"
+  if backend == "gpu" and fused and cudnn_compiles(jnp.dtype(dtype).name, head_dim):
+    return "cudnn"
+  return "blocked"
+
+
+@functools.lru_cache(maxsize=None)
+def cudnn_compiles(dtype: str, head_dim: int) -> bool:
+  """Whether the shifted causal window compiles with cuDNN here (once per dtype and head dim).
+
+  The kernel's support depends on the GPU, the cuDNN version and jaxlib; an "auto" default that
+  failed to compile would stop every GPU run, so it is probed on a tiny input first.
+  """
+  x = jax.ShapeDtypeStruct((1, 64, 1, head_dim), jnp.dtype(dtype))
+  fn = jax.jit(lambda q, k, v: shifted_causal_attention(
+      q, k, v, window=(16, 8), lengths=jnp.array([60]), implementation="cudnn"))
+  try:
+    fn.lower(x, x, x).compile()
+    return True
+  except Exception as e:  # pylint: disable=broad-except  (XLA/cuDNN raise many types)
+    logging.warning("model.attention=auto: cuDNN attention does not compile here (%s); using "
+                    "the blocked attention", str(e).splitlines()[0][:200] if str(e) else e)
+    return False

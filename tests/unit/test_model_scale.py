@@ -83,12 +83,23 @@ def test_model_attention_implementations_agree(params, inputs, impl):
   assert _rel_err(want, got) < 1e-5
 
 
-def test_auto_attention_picks_by_device_and_dtype():
+def test_auto_attention_picks_by_device_and_dtype(monkeypatch):
   assert attention.resolve_implementation("auto", jnp.float32, 128, "cpu") == "blocked"
   assert attention.resolve_implementation("auto", jnp.bfloat16, 128, "tpu") == "blocked"
+  monkeypatch.setattr(attention, "cudnn_compiles", lambda dtype, head_dim: True)
   assert attention.resolve_implementation("auto", jnp.bfloat16, 128, "gpu") == "cudnn"
   assert attention.resolve_implementation("auto", jnp.float32, 128, "gpu") == "blocked"
+  assert attention.resolve_implementation("auto", jnp.bfloat16, 256, "gpu") == "blocked"
   assert attention.resolve_implementation("dense", jnp.bfloat16, 128, "gpu") == "dense"
+  # A GPU whose cuDNN cannot compile the kernel falls back instead of failing every run.
+  monkeypatch.setattr(attention, "cudnn_compiles", lambda dtype, head_dim: False)
+  assert attention.resolve_implementation("auto", jnp.bfloat16, 128, "gpu") == "blocked"
+
+
+def test_the_cudnn_probe_says_no_where_the_kernel_cannot_compile():
+  attention.cudnn_compiles.cache_clear()
+  # The CPU has no cuDNN: the probe's compile fails and it answers False (and logs why).
+  assert attention.cudnn_compiles("bfloat16", 16) is False
 
 
 def test_scanned_layers_equal_the_unrolled_model(params, inputs):
