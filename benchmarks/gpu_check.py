@@ -39,8 +39,9 @@ DRY = dict(config="configs/tiny.py", dtype="bfloat16", frames=48, batches=(8,),
            workers=(0, 1), corpus_mb=16, input_seconds=1.0, repeats=2)
 
 
-def _peak_memory() -> int:
-  """Peak bytes in use on device 0 since the process started (0 where not reported)."""
+def _process_peak_memory() -> int:
+  """Peak bytes in use on device 0 since the process started (0 where not reported): a
+  running maximum over every program so far, not this program's own peak."""
   stats = jax.devices()[0].memory_stats() or {}
   return int(stats.get("peak_bytes_in_use", 0))
 
@@ -62,7 +63,7 @@ def train_stage(plan, data_dir) -> list:
         row.update(step_ms=1e3 * step_s, frames_per_s=batch * plan["frames"] / step_s,
                    compile_s=prog.compile_s, gflop_per_step=prog.flops / 1e9,
                    tflops=achieved, utilisation=achieved / peak, peak_tflops=peak,
-                   peak_source=source, peak_memory_gib=_peak_memory() / 2**30,
+                   peak_source=source, process_peak_memory_gib=_process_peak_memory() / 2**30,
                    compiled_memory_gib=prog.memory.get("peak", 0) / 2**30)
         del prog
       except Exception as e:  # pylint: disable=broad-except  (record and go on)
@@ -135,7 +136,7 @@ def markdown(result: dict) -> str:
            f"{result['jax']}, {result['config']} in {result['dtype']}"
            f"{' (DRY RUN, CPU)' if result['dry_run'] else ''}; {result['wall_s']:.0f} s in all.",
            "", "| attention | batch × frames | step ms | frames/s | GFLOP | TFLOP/s | "
-           "utilisation | peak GiB | compile s |", "|---|---|---|---|---|---|---|---|---|"]
+           "utilisation | step's memory GiB (XLA) | compile s |", "|---|---|---|---|---|---|---|---|---|"]
   for r in result.get("train", []):
     if "error" in r:
       lines.append(f"| {r['attention']} | {r['batch']} × {r['frames']} | error: "
@@ -143,7 +144,7 @@ def markdown(result: dict) -> str:
       continue
     lines.append(f"| {r['attention']} | {r['batch']} × {r['frames']} | {r['step_ms']:.1f} | "
                  f"{r['frames_per_s']:,.0f} | {r['gflop_per_step']:.0f} | {r['tflops']:.1f} | "
-                 f"{r['utilisation']:.1%} | {r['peak_memory_gib']:.1f} | {r['compile_s']:.1f} |")
+                 f"{r['utilisation']:.1%} | {r['compiled_memory_gib']:.1f} | {r['compile_s']:.1f} |")
   if result.get("sample"):
     lines += ["", "| sampling | batch | ms | × real time | compile s |", "|---|---|---|---|---|"]
     for r in result["sample"]:

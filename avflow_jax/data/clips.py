@@ -42,11 +42,6 @@ def probe(path: str, first: bool) -> tuple[int, Optional[dict]]:
     raise ShardError(f"{path}: record 0: {e}") from e
 
 
-def shard_sizes(paths: Sequence[str]) -> list[int]:
-  """Records in each shard; ShardError naming the shard when one is missing or unreadable."""
-  return [probe(path, first=False)[0] for path in paths]
-
-
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   return f"{type(e).__name__}: {text[0] if text else ''}"
@@ -176,8 +171,7 @@ class ShardFiles:
       while (j < len(records_) and records_[j] == records_[j - 1] + 1
              and records_[j] < self.offsets[shard + 1]):
         j += 1
-      reader = self._reader(shard)
-      out.extend(reader.read(local, local + j - i) if j - i > 1 else reader.read([local]))
+      out.extend(self._reader(shard).read(local, local + j - i))
       i = j
     return out
 
