@@ -41,8 +41,9 @@ setup(
         "demo": ["espeakng-loader>=0.2.4"],
         # WER in `evaluate`: an offline recogniser (its en-us model ships in the wheel) + scorer.
         "wer": ["pocketsphinx>=5.0", "jiwer>=3.0"],
+        # mel-cepstral-distance: the MCD parity test's reference implementation (pure Python).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "espeakng-loader>=0.2.4",
-                 "pocketsphinx>=5.0", "jiwer>=3.0"],
+                 "pocketsphinx>=5.0", "jiwer>=3.0", "mel-cepstral-distance==0.0.4"],
         # Reference PyTorch code for parity tests only; the package never imports torch.
         # The reference `bigvgan` package is installed with --no-deps (its pins pull CUDA torch).
         "parity": ["torch==2.13.0", "transformers>=4.57",

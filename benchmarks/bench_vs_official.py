@@ -44,6 +44,7 @@ import torch  # pylint: disable=wrong-import-position
 from avflow_jax.core import constants  # pylint: disable=wrong-import-position
 from avflow_jax.data import crops  # pylint: disable=wrong-import-position
 from avflow_jax.data import manifest as manifest_lib  # pylint: disable=wrong-import-position
+from avflow_jax.models import av_variants
 from avflow_jax.models import dit  # pylint: disable=wrong-import-position
 from avflow_jax.models import head_vae  # pylint: disable=wrong-import-position
 from avflow_jax.training import head_vae_recipe  # pylint: disable=wrong-import-position
@@ -59,8 +60,8 @@ def torch_matmul_tflops(n: int = 2048, repeats: int = 5) -> float:
 
 def sample_flops(config, frames: int, dims: dit.AVDims) -> float:
   """XLA's FLOPs of 8 network evaluations on `frames` frames (batch 1), the sampler's work."""
-  model = dit.make_av_model(config.model, dims)
-  params = jax.eval_shape(lambda: dit.init_av_params(model, dims, jax.random.PRNGKey(0)))
+  model = av_variants.make_av_model(config.model, dims)
+  params = jax.eval_shape(lambda: av_variants.init_av_params(model, dims, jax.random.PRNGKey(0)))
   x = lambda d: jax.ShapeDtypeStruct((1, frames, d), np.float32)
   fwd = jax.jit(lambda p, v, a, c, t: model.apply({"params": p}, v, a, c, t))
   import flax.linen as nn  # pylint: disable=g-import-not-at-top

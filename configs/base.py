@@ -47,6 +47,9 @@ def get_config(arg=None):
   c.model.windows = (16, 8)  # (left, right) frames seen; one pair for all layers, or a list of
   # pairs, one per layer; a negative value means unbounded (full attention) for that layer.
   c.model.attention_block = 64  # Query block of the linear-cost windowed attention.
+  c.model.variant = "av_flow"  # "av_flow", or the paper's ablations: "separate" (two towers,
+  # no connection), "shared" (one tower for both modalities), "cascaded" (tokens -> mel, then
+  # mel -> motion); see avflow_jax/models/av_variants.py.
   c.model.fusion = True  # Highway fusion between the towers (False = the ablation).
   c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params, LayerNorm,
   # softmax, outputs and the loss stay float32).

@@ -95,12 +95,15 @@ class MetricAccumulator:
     rig: the data's face decoder (None: F1 unavailable, jitter on the codes).
     recognizer: a `speech_recognition.Recognizer` (None: WER unavailable, for `wer_missing`).
     wer_missing: why there is no recogniser (shown in the report).
+    reference_wer: also transcribe the recordings and the vocoded ground truth (the reference
+      rows' WER); False when another evaluation of the same clips already has them.
   """
 
   def __init__(self, rig: Optional[face_rig_lib.FaceRig], recognizer=None,
-               wer_missing: str = "not requested"):
+               wer_missing: str = "not requested", reference_wer: bool = True):
     self.rig = rig
     self.recognizer = recognizer
+    self.reference_wer = reference_wer
     self.wer_missing = wer_missing
     self.per_clip: list[dict[str, Any]] = []
     self._gt_face_obs, self._gen_face_obs = [], []
@@ -125,7 +128,9 @@ class MetricAccumulator:
     if self.recognizer is None or not clip.utterances:
       row["WER"] = float("nan")
       return
-    sides = {"gen": clip.gen_audio, "gt": clip.gt_audio, "vocoded": clip.vocoded_gt_audio}
+    sides = {"gen": clip.gen_audio}
+    if self.reference_wer:
+      sides.update(gt=clip.gt_audio, vocoded=clip.vocoded_gt_audio)
     refs, gen = [], []
     for text, start, end in clip.utterances:
       refs.append(text)

@@ -226,6 +226,12 @@ def mel_cepstra(audio: np.ndarray, sr: int, n_cepstra: int = MCD_N_CEPSTRA) -> n
   bands scaled by 2/n_mels, so that ln|X(ω_mel)| ≈ c0/2 + Σ_d c_d cos(d ω_mel): the
   cepstral scale of SPTK-style mel-cepstra that the MCD formula assumes.
   """
+  log_mel = np.log(np.maximum(mcd_mel(audio, sr), 1e-5)).astype(np.float64)
+  return scipy.fft.dct(log_mel, type=2, axis=0)[:n_cepstra] / MCD_N_MELS
+
+
+def mcd_mel(audio: np.ndarray, sr: int) -> np.ndarray:
+  """(80, frames) mel magnitude spectrogram the MCD's cepstra are computed from."""
   import librosa  # pylint: disable=g-import-not-at-top
   y = np.asarray(audio)
   y = (y.astype(np.float32) / 32768.0 if np.issubdtype(y.dtype, np.integer)
@@ -233,10 +239,8 @@ def mel_cepstra(audio: np.ndarray, sr: int, n_cepstra: int = MCD_N_CEPSTRA) -> n
   if y.ndim != 1 or y.size < MCD_N_FFT:
     raise ValueError(f"mel_cepstra: expected mono audio of >= {MCD_N_FFT} samples, "
                      f"got shape {y.shape}")
-  mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=MCD_N_FFT, hop_length=MCD_HOP,
-                                       n_mels=MCD_N_MELS, fmax=min(8000.0, sr / 2), power=1.0)
-  log_mel = np.log(np.maximum(mel, 1e-5)).astype(np.float64)
-  return scipy.fft.dct(log_mel, type=2, axis=0)[:n_cepstra] / MCD_N_MELS
+  return librosa.feature.melspectrogram(y=y, sr=sr, n_fft=MCD_N_FFT, hop_length=MCD_HOP,
+                                        n_mels=MCD_N_MELS, fmax=min(8000.0, sr / 2), power=1.0)
 
 
 def mcd(ref_audio: np.ndarray, gen_audio: np.ndarray, sr: int,

@@ -77,6 +77,9 @@ def make_parser() -> argparse.ArgumentParser:
                  help="scale of the sampler's initial noise (1 = the trained distribution)")
   p.add_argument("--no-wer", action="store_true",
                  help="skip the speech recogniser (WER; its rows take most of the time)")
+  p.add_argument("--no-reference-wer", action="store_true",
+                 help="transcribe only the generated speech, not the recordings and the "
+                      "vocoded ground truth (their WER rows stay empty)")
   return p
 
 
@@ -237,7 +240,8 @@ def evaluate(args, log=print) -> dict[str, Any]:
 
   rig = loaded.face_rig
   recognizer, wer_missing = _recognizer(args, log)
-  acc = av_metrics.MetricAccumulator(rig, recognizer, wer_missing)
+  reference_wer = not getattr(args, "no_reference_wer", False)
+  acc = av_metrics.MetricAccumulator(rig, recognizer, wer_missing, reference_wer)
   records = clips.iter_split_records(shards, entries, clips.page_frames(loaded.manifest))
   bar = tqdm(records, total=len(entries), unit="clip",
              desc=f"evaluate {args.split}", file=sys.stderr, dynamic_ncols=True)
@@ -254,7 +258,7 @@ def evaluate(args, log=print) -> dict[str, Any]:
     t1 = time.perf_counter()
     gen_audio = avatar.vocode(gen["mel"])
     vocoded_gt = None
-    if recognizer is not None:  # The recogniser's floor: a perfect mel through this vocoder.
+    if recognizer is not None and reference_wer:  # The floor: a perfect mel, this vocoder.
       vocoded_gt = gen_audio if args.oracle else avatar.vocode(rec["mel"])
     t2 = time.perf_counter()
     clip = av_metrics.ClipStreams(
@@ -299,7 +303,7 @@ def evaluate(args, log=print) -> dict[str, Any]:
           "vocoder": avatar.vocoder.name, "face_decoder": loaded.manifest.get("face_decoder"),
           "head_kind": loaded.manifest.get("head_kind"), "dims": loaded.dims,
           "participant": loaded.uses_participant, "train_num_steps": cfg.get("num_steps"),
-          "model": {k: cfg.model.get(k) for k in ("d_model", "num_layers", "num_heads",
+          "model": {k: cfg.model.get(k) for k in ("variant", "d_model", "num_layers", "num_heads",
                                                   "hidden_dim", "dtype") if k in cfg.model},
       },
       "parameters": {

@@ -19,6 +19,7 @@ import ml_collections
 from avflow_jax.core import run_dir
 from avflow_jax.core.errors import AvatarError
 from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.models import av_variants
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
 
@@ -109,6 +110,21 @@ def _check_shape(what: str, got, expected, fix: str):
                       f"run config expects {tuple(expected)}; {fix}")
 
 
+def _check_av_shapes(workdir: str, params, model, dims: dit.AVDims, variant: str,
+                     fix: str) -> None:
+  """Every AV weight has the shape the run config's model needs (or one line naming it)."""
+  want = jax.eval_shape(lambda: nn.unbox(av_variants.init_av_params(
+      model, dims, jax.random.PRNGKey(0))))
+  got = {jax.tree_util.keystr(k): v.shape
+         for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(want)[0]:
+    name = jax.tree_util.keystr(path)
+    if name not in got:
+      raise AvatarError(f"{workdir}: the checkpoint has no weight {name} that the model built "
+                        f"from the run config needs (model.variant {variant!r})")
+    _check_shape(f"{workdir} {name}", got[name], leaf.shape, fix)
+
+
 def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None,
                 device=None) -> LoadedAvatar:
   """Loads the latest checkpoint of an AV training workdir for sampling.
@@ -152,15 +168,12 @@ def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None
                (dims["head"], vae.hidden), "the VAE was trained on other head-pose data")
 
   av_dims = dit.AVDims.from_data(dims, vae.latent_dim, config.data.get("participant", False))
-  model = dit.make_av_model(config.model, av_dims)
+  model = av_variants.make_av_model(config.model, av_dims)
   step, av_params = run_dir.load_params(workdir, which)
-  av_params = dit.to_layout(av_params, model.scan_layers)  # Either layer layout samples.
-  _check_shape(f"{workdir} input_proj_a kernel", av_params["input_proj_a"]["kernel"].shape,
-               (av_dims.audio + av_dims.cond, config.model.d_model),
-               f"is data.dir ({data_dir}) the data this run was trained on?")
-  _check_shape(f"{workdir} input_proj_v kernel", av_params["input_proj_v"]["kernel"].shape,
-               (av_dims.visual + av_dims.cond, config.model.d_model),
-               f"is data.dir ({data_dir}) the data this run was trained on?")
+  # Either layer layout samples (the ablation variants have only the per-layer one).
+  av_params = dit.to_layout(av_params, bool(config.model.get("scan_layers", False)))
+  _check_av_shapes(workdir, av_params, model, av_dims, av_variants.variant_of(config.model),
+                   f"is data.dir ({data_dir}) the data this run was trained on?")
 
   device = device or jax.local_devices()[0]
   stats = {k: tuple(jnp.asarray(a) for a in v)

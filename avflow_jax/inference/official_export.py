@@ -77,6 +77,10 @@ def export_run(workdir: str, output: str, *, which: str = "ema",
   config = run_dir.read_run_config(workdir, "--workdir")
   if config.get("task", "av") != "av":
     raise AvatarError(f"--workdir {workdir}: a {config.get('task')!r} run, not an AV run")
+  variant = config.model.get("variant", "av_flow")
+  if variant != "av_flow":
+    raise AvatarError(f"--workdir {workdir}: a {variant!r} ablation run; the official format "
+                      "only holds the av_flow model")
   step, params = run_dir.load_params(workdir, which)
   state = official_keys.official_from_av_params(dit.to_layout(_host(params), False))
   torch_writer.write_torch_checkpoint(output, _checkpoint(step, state, config))

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from avflow_jax.core import flow
+from avflow_jax.models import av_variants
 
 
 def _norm(x, stats, name):
@@ -24,6 +25,34 @@ def _denorm(x, stats, name):
   return x * std + mean
 
 
+def condition(stats, tokens, participant=None):
+  """The network's per-frame conditioning: normalised tokens (+ normalised participant)."""
+  cond = _norm(tokens.astype(jnp.float32), stats, "tokens")
+  if participant is not None:
+    cond = jnp.concatenate([cond, _norm(participant.astype(jnp.float32), stats,
+                                        "participant")], -1)
+  return cond
+
+
+def solve_audio_stage(av_model, av_params, cond, x0_audio, num_steps: int, lengths=None):
+  """The cascaded variant's first stage: the normalised mel from noise given `cond`."""
+  b = cond.shape[0]
+  return flow.euler_integrate(
+      lambda x, time: av_model.apply({"params": av_params}, x, cond, jnp.full((b,), time),
+                                     lengths, method=av_model.audio_velocity),
+      x0_audio, num_steps)
+
+
+def solve_visual_stage(av_model, av_params, cond, mel, x0_visual, num_steps: int,
+                       lengths=None):
+  """The cascaded variant's second stage: [face codes ; head latent] given the stage-1 mel."""
+  b = cond.shape[0]
+  return flow.euler_integrate(
+      lambda x, time: av_model.apply({"params": av_params}, x, mel, cond, jnp.full((b,), time),
+                                     lengths, method=av_model.visual_velocity),
+      x0_visual, num_steps)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("num_steps",))
 def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
            participant: Optional[jax.Array] = None, lengths: Optional[jax.Array] = None,
@@ -31,7 +60,8 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
   """Samples one audio-visual sequence per batch element.
 
   Args:
-    av_model: the AVFlowTransformer (static).
+    av_model: the velocity network of any `av_variants` variant (static); the cascaded one is
+      solved in two stages (mel first, then the visual streams given it).
     head_vae: the HeadVAE module (static).
     params: {"av": AV params, "head_vae": VAE params, "stats": {stream: (mean, std)}}.
     tokens: (B, T, 29) raw ASR token logits on the mel frame grid.
@@ -49,10 +79,7 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
      "head_latent": (B, T, 8)}, de-normalised to data units.
   """
   stats = params["stats"]
-  cond = _norm(tokens.astype(jnp.float32), stats, "tokens")
-  if participant is not None:
-    cond = jnp.concatenate([cond, _norm(participant.astype(jnp.float32), stats,
-                                        "participant")], -1)
+  cond = condition(stats, tokens, participant)
   b, t = cond.shape[:2]
   vis, aud = av_model.visual_dim, av_model.audio_dim
   if x0 is None:
@@ -60,12 +87,17 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
   elif x0.shape != (b, t, vis + aud):
     raise ValueError(f"x0 has shape {x0.shape}, the sampler needs {(b, t, vis + aud)}")
 
-  def velocity(x, time):
-    vv, va = av_model.apply({"params": params["av"]}, x[..., :vis], x[..., vis:], cond,
-                            jnp.full((b,), time), lengths)
-    return jnp.concatenate([vv, va], -1)
+  if av_variants.is_cascaded(av_model):
+    mel = solve_audio_stage(av_model, params["av"], cond, x0[..., vis:], num_steps, lengths)
+    x1 = jnp.concatenate([solve_visual_stage(av_model, params["av"], cond, mel, x0[..., :vis],
+                                             num_steps, lengths), mel], -1)
+  else:
+    def velocity(x, time):
+      vv, va = av_model.apply({"params": params["av"]}, x[..., :vis], x[..., vis:], cond,
+                              jnp.full((b,), time), lengths)
+      return jnp.concatenate([vv, va], -1)
 
-  x1 = flow.euler_integrate(velocity, x0, num_steps)
+    x1 = flow.euler_integrate(velocity, x0, num_steps)
   latent_dim = head_vae.latent_dim
   face_dim = vis - latent_dim
   # The VAE decoder attends over the whole sequence: padded frames must not leak into it.

@@ -240,7 +240,7 @@ class AVFlowTransformer(nn.Module):
     xa = dense(d, ("input", "embed"), "input_proj_a", self.dtype)(
         jnp.concatenate([x_audio.astype(self.dtype), cond], -1))
     temb = TimeEmbedding(d, self.dtype, name="time_embed")(t)
-    windows = [None if w is None or max(w) < 0 else tuple(w) for w in self.windows]
+    windows = list(attention_windows(self.windows))
     kw = dict(d_model=d, hidden_dim=self.hidden_dim, num_heads=self.num_heads,
               fusion=self.fusion, block=self.attention_block, dtype=self.dtype,
               implementation=self.attention, remat=remat_policy(self.remat))
@@ -259,6 +259,11 @@ class AVFlowTransformer(nn.Module):
     out_v = dense(self.visual_dim, ("embed", "output"), "out_v", self.dtype)(xv)
     out_a = dense(self.audio_dim, ("embed", "output"), "out_a", self.dtype)(xa)
     return out_v.astype(jnp.float32), out_a.astype(jnp.float32)
+
+
+def attention_windows(windows) -> tuple[Optional[tuple[int, int]], ...]:
+  """Per-layer (left, right) pairs as the attention takes them: None = unbounded both ways."""
+  return tuple(None if w is None or max(w) < 0 else tuple(w) for w in windows)
 
 
 def layer_windows(windows, num_layers: int) -> tuple[tuple[int, int], ...]:
@@ -297,11 +302,13 @@ class AVDims:
     head_latent: the head VAE's latent width.
     audio: mel bands (the audio tower's input and output).
     cond: per-frame conditioning (tokens, plus the participant's features when dyadic).
+    participant: the participant's features at the end of `cond` (0 when not dyadic).
   """
   face: int
   head_latent: int
   audio: int
   cond: int
+  participant: int = 0
 
   @property
   def visual(self) -> int:
@@ -311,25 +318,9 @@ class AVDims:
   @classmethod
   def from_data(cls, dims: dict, head_latent: int, participant: bool) -> "AVDims":
     """From a manifest's `dims`; `participant` adds their features to the conditioning."""
+    p = dims.get("participant", 0) if participant else 0
     return cls(face=dims["face"], head_latent=head_latent, audio=dims["mel"],
-               cond=dims["tokens"] + (dims.get("participant", 0) if participant else 0))
-
-
-def make_av_model(model_cfg, dims: AVDims) -> AVFlowTransformer:
-  """Builds the network from the `config.model` ConfigDict and the stream widths.
-
-  `model.attention` "auto" is resolved here for the default device (`attention.
-  resolve_implementation`); knobs that old run configs lack take their old behaviour.
-  """
-  dtype = jnp.dtype(model_cfg.dtype)
-  impl = attention.resolve_implementation(model_cfg.get("attention", "blocked"), dtype,
-                                          model_cfg.d_model // model_cfg.num_heads)
-  return AVFlowTransformer(
-      visual_dim=dims.visual, audio_dim=dims.audio, d_model=model_cfg.d_model,
-      hidden_dim=model_cfg.hidden_dim, num_heads=model_cfg.num_heads,
-      windows=layer_windows(model_cfg.windows, model_cfg.num_layers), fusion=model_cfg.fusion,
-      attention_block=model_cfg.attention_block, remat=remat_policy(model_cfg.get("remat", False)),
-      dtype=dtype, attention=impl, scan_layers=bool(model_cfg.get("scan_layers", False)))
+               cond=dims["tokens"] + p, participant=p)
 
 
 _PER_LAYER = ("block_v", "block_a", "fusion")
@@ -373,9 +364,3 @@ def to_layout(params: dict, scan_layers: bool) -> dict:
   if not scan_layers and is_stacked(params):
     return unstack_layers(params)
   return params
-
-
-def init_av_params(model: AVFlowTransformer, dims: AVDims, rng, frames: int = 16):
-  """Initial params (leaves boxed with their logical axis names) for `frames`-long inputs."""
-  z = lambda d: jnp.zeros((1, frames, d), jnp.float32)
-  return model.init(rng, z(dims.visual), z(dims.audio), z(dims.cond), jnp.zeros((1,)))["params"]

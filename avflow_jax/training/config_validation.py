@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from avflow_jax.core import sharding
 from avflow_jax.models import attention
+from avflow_jax.models import av_variants
 from avflow_jax.models import dit
 
 
@@ -108,6 +109,9 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
 
 
 def _validate_av_model(m) -> None:
+  variant = av_variants.variant_of(m)
+  if variant not in av_variants.VARIANTS:
+    _fail("model.variant", f"{variant!r}: use one of {av_variants.VARIANTS}")
   for field in ("num_layers", "d_model", "hidden_dim", "num_heads", "attention_block"):
     if m[field] <= 0:
       _fail(f"model.{field}", f"{m[field]} must be positive")
@@ -135,6 +139,12 @@ def _validate_av_model(m) -> None:
   scan = m.get("scan_layers", False)
   if not isinstance(scan, bool):
     _fail("model.scan_layers", f"{scan!r} must be True or False")
+  if scan and variant != "av_flow":
+    _fail("model.scan_layers", f"only the av_flow variant has a scanned layout (variant "
+          f"{variant!r}); set scan_layers=False")
+  if not m.get("fusion", True) and variant != "av_flow":
+    _fail("model.fusion", f"False only applies to the av_flow variant ({variant!r} has no "
+          "fusion layers); leave it True")
   if scan and len(set(dit.layer_windows(m.windows, m.num_layers))) > 1:
     _fail("model.scan_layers", "a scanned layer needs the same model.windows for every layer "
           f"(got {m.windows}); set scan_layers=False for per-layer windows")
@@ -144,13 +154,13 @@ def _validate_av_model(m) -> None:
 # frozen (the head VAE under an AV model). Others (lr, steps, dtype, windows, ...) may change.
 _FROZEN = {
     "av": ("model.d_model", "model.num_layers", "model.hidden_dim", "model.num_heads",
-           "model.fusion", "model.scan_layers", "data.participant", "data.stats_from", "data.crop_sampling",
+           "model.fusion", "model.scan_layers", "model.variant", "data.participant", "data.stats_from", "data.crop_sampling",
            "head_vae"),
     "head_vae": ("vae", "data.crop_sampling"),
     "text_to_tokens": ("model",),
 }
 # What a frozen field meant in a run saved before the field existed.
-_SAVED_DEFAULTS = {"model.scan_layers": False}
+_SAVED_DEFAULTS = {"model.scan_layers": False, "model.variant": "av_flow"}
 # Inside a frozen subtree, keys that do not change what was trained.
 _FREE_KEYS = ("dtype", "remat", "attention", "workdir")
 

@@ -10,6 +10,7 @@ import pytest
 from avflow_jax.core import checkpointing
 from avflow_jax.core import sharding
 from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.models import av_variants
 from avflow_jax.models import head_vae as head_vae_lib
 from avflow_jax.training import loop
 from avflow_jax.training import tasks
@@ -65,8 +66,10 @@ def test_one_step_same_loss_on_meshes_8x1_and_4x2(tiny_shards):
   assert kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 2
 
 
-def test_tiny_model_overfits_one_batch(tiny_shards):
+@pytest.mark.parametrize("variant", av_variants.VARIANTS)
+def test_tiny_model_overfits_one_batch(tiny_shards, variant):
   config = tiny.get_config()
+  config.model.variant = variant
   config.optim.lr = 3e-3
   config.batch_size = 2
   config.model.d_model, config.model.hidden_dim = 64, 128
@@ -89,8 +92,10 @@ def test_tiny_model_overfits_one_batch(tiny_shards):
   for _ in range(300):
     params, opt_state, loss = step(params, opt_state)
     losses.append(float(loss))
-  # torch's init starts lower (4.8, was 12.7 with lecun_normal): ask for an 8x drop, not 10x.
-  assert losses[-1] < losses[0] / 8, (losses[0], losses[-1])
+  # torch's init starts lower (4.8, was 12.7 with lecun_normal): ask for an 8x drop, not 10x;
+  # the shared variant has half the parameters (one tower for both) and measured 7.2x.
+  drop = 6 if variant == "shared" else 8
+  assert losses[-1] < losses[0] / drop, (losses[0], losses[-1])
 
 
 def test_checkpoint_restores_on_another_mesh(tiny_shards, tmp_path):

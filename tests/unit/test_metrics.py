@@ -114,6 +114,31 @@ def test_mcd_identical_zero_and_different_positive():
   assert metrics.mcd(tone, slow, SR) < 0.25 * metrics.mcd(tone, noise, SR)
 
 
+@pytest.mark.parametrize("case", ["stretched", "other_voice"])
+def test_mcd_equals_the_mel_cepstral_distance_package(case):
+  """The project's MCD is the `mel-cepstral-distance` package's (Kubichek's mel-cepstra, DTW)
+  on the same mel, c1..c24, exact DTW, rescaled to the dB formula of the speech literature:
+  its cepstra are the DCT of log10 energies (n_mels / ln 10 times the project's), and MCD dB =
+  (10 / ln 10) sqrt(2) ||dc||, so project = 10 sqrt(2) / n_mels x package."""
+  mcd_pkg = pytest.importorskip("mel_cepstral_distance")
+  rng = np.random.default_rng(1)
+  t = np.arange(SR) / SR
+  ref = 0.3 * np.sin(2 * np.pi * (200 + 150 * t) * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+  ref = ref + 0.01 * rng.standard_normal(SR)
+  if case == "stretched":  # The same sound with a repeated stretch: DTW matters.
+    gen = np.concatenate([ref[: SR // 2], ref[SR // 2 - 3000:]])
+  else:
+    gen = 0.2 * np.sin(2 * np.pi * 330 * t) * (1 + 0.5 * np.sin(2 * np.pi * 5 * t))
+    gen = gen + 0.05 * rng.standard_normal(SR)
+  bel = lambda y: 2 * np.log10(np.maximum(metrics.mcd_mel(y, SR), 1e-5)).T  # log10 energy.
+  theirs, _ = mcd_pkg.compare_mel_spectrograms(
+      bel(ref), bel(gen), s=0, D=metrics.MCD_N_CEPSTRA - 1, align_target="mfcc",
+      aligning="dtw", dtw_radius=None)
+  ours = metrics.mcd(ref, gen, SR)
+  assert ours > 0.5
+  assert ours == pytest.approx(10 * np.sqrt(2) / metrics.MCD_N_MELS * theirs, rel=1e-6)
+
+
 def test_jitter_ratio_known_answers():
   t = np.arange(300, dtype=np.float64)
   smooth = np.stack([np.sin(t * 0.05), 100 * np.cos(t * 0.03)], -1)  # channels 100x apart

@@ -9,6 +9,7 @@ import pytest
 
 from avflow_jax.core import flow
 from avflow_jax.models import attention
+from avflow_jax.models import av_variants
 from avflow_jax.models import dit
 from avflow_jax.training import config_validation
 from configs import tiny
@@ -38,8 +39,8 @@ def inputs():
 @pytest.fixture(scope="module")
 def params():
   """Per-layer params with every leaf random: adaLN-zero's zero gates would hide the blocks."""
-  model = dit.make_av_model(_cfg(), DIMS)
-  shapes = nn.unbox(jax.eval_shape(lambda: dit.init_av_params(model, DIMS,
+  model = av_variants.make_av_model(_cfg(), DIMS)
+  shapes = nn.unbox(jax.eval_shape(lambda: av_variants.init_av_params(model, DIMS,
                                                               jax.random.PRNGKey(0))))
   leaves, treedef = jax.tree.flatten(shapes)
   rng = np.random.default_rng(1)
@@ -48,12 +49,12 @@ def params():
 
 
 def _outputs(cfg, params, inputs):
-  model = dit.make_av_model(cfg, DIMS)
+  model = av_variants.make_av_model(cfg, DIMS)
   return jax.jit(lambda p, x: model.apply({"params": p}, *x))(params, inputs)
 
 
 def _grads(cfg, params, inputs):
-  model = dit.make_av_model(cfg, DIMS)
+  model = av_variants.make_av_model(cfg, DIMS)
   loss = lambda p, x: sum(jnp.mean(o ** 2) for o in model.apply({"params": p}, *x))
   return jax.jit(jax.grad(loss))(params, inputs)
 
@@ -104,8 +105,8 @@ def test_the_cudnn_probe_says_no_where_the_kernel_cannot_compile():
 
 def test_scanned_layers_equal_the_unrolled_model(params, inputs):
   stacked = dit.stack_layers(params)
-  scanned = dit.make_av_model(_cfg(scan_layers=True), DIMS)
-  shapes = nn.unbox(jax.eval_shape(lambda: dit.init_av_params(scanned, DIMS,
+  scanned = av_variants.make_av_model(_cfg(scan_layers=True), DIMS)
+  shapes = nn.unbox(jax.eval_shape(lambda: av_variants.init_av_params(scanned, DIMS,
                                                               jax.random.PRNGKey(0))))
   # The converter gives exactly the scanned model's tree, leaf shapes included.
   assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, stacked)
@@ -122,7 +123,7 @@ def test_scanned_layers_equal_the_unrolled_model(params, inputs):
   assert dit.to_layout(params, True).keys() == stacked.keys()
   assert dit.to_layout(stacked, False).keys() == params.keys()
   # The scanned params carry a "layers" logical axis, which the mesh rules leave unsharded.
-  boxed = dit.init_av_params(scanned, DIMS, jax.random.PRNGKey(0))
+  boxed = av_variants.init_av_params(scanned, DIMS, jax.random.PRNGKey(0))
   names = boxed[dit.SCAN_NAME]["fusion"]["kernel"].names
   assert names == ("layers", "embed", "fusion")
 
@@ -141,7 +142,7 @@ def test_bf16_compute_keeps_float32_params_and_a_close_loss(params, inputs):
   noise_v, noise_a = rng.normal(size=xv.shape), rng.normal(size=xa.shape)
 
   def loss(dtype):
-    model = dit.make_av_model(_cfg(dtype=dtype), DIMS)
+    model = av_variants.make_av_model(_cfg(dtype=dtype), DIMS)
     tt = t[:, None, None]
     zv, za = flow.interpolate(noise_v, xv, tt), flow.interpolate(noise_a, xa, tt)
     pv, pa = model.apply({"params": params}, zv, za, cond, t, lengths)

@@ -1,0 +1,397 @@
+r"""The paper's Table 1 (and Table 2's inference time) for several runs, with one protocol.
+
+  python -m avflow_jax.paper_table --runs av_flow=runs/v_av_flow separate=runs/v_separate \
+      shared=runs/v_shared cascaded=runs/v_cascaded --output table/
+  python -m avflow_jax.paper_table --runs a=RUN_A b=RUN_B --seeds 0,1,2 --t2t-workdir T2T \
+      --output table/
+
+Every run is scored by `avflow_jax.evaluate` on the same held-out clips (the split's first
+--max-clips clips, their first --max-seconds seconds) with the same seeds: seed k samples clip
+i with noise seed 1000 k + i (`evaluate --seed 1000k`), 8 Euler steps, the same vocoder, the
+same recogniser. Those are the token-driven rows (the clips' recorded ASR tokens drive the
+avatar). With --t2t-workdir each run is also driven from text (`avflow_jax.evaluate_text`:
+each sentence's tokens predicted by the text-to-tokens run, pauses a fixed pause frame), which
+gives the text-driven F1_lips. The ground truth's row and its mel through the vocoder (the
+floor of MCD and WER) are scored once. Each metric is the mean over seeds with the standard
+deviation when there are several. Beside the metrics each row carries its parameter count, its
+training time and the time to sample one 20 s clip on this machine (the device is named).
+
+Output, each file written to a temporary name and renamed: OUTPUT/table.md (the table),
+OUTPUT/table.json (everything in it, plus the per-seed values) and OUTPUT/NAME/seedK/ (each
+evaluation's own report). An evaluation whose report is already there for the same checkpoint
+and protocol is reused, so an interrupted table goes on where it stopped.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from avflow_jax.core import cli
+from avflow_jax.core import constants as C
+from avflow_jax.core import files
+from avflow_jax.core import run_dir
+from avflow_jax.core.errors import InputError
+from avflow_jax.evaluation import av_metrics
+from avflow_jax.evaluation import common
+from avflow_jax.evaluation import scoring
+from avflow_jax.evaluation import text_scoring
+
+TABLE_VERSION = 1
+# The paper's Table 1 columns, then this project's jitter ratios.
+COLUMNS = ("F1_lips", "FDe", "Div_h", "Div_e", "BC_h", "BC_e", "MCD", "WER", "Jitter_face",
+           "Jitter_head")
+SEED_STRIDE = 1000  # Seed k scores clip i with noise seed SEED_STRIDE k + i.
+TIMED_SECONDS = 20.0  # Table 2: the time of one sample of this length.
+TIMED_REPEATS = 3
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def make_parser() -> argparse.ArgumentParser:
+  p = cli.ArgumentParser(prog="python -m avflow_jax.paper_table",
+                         description="Scores several AV runs with one protocol and writes the "
+                                     "paper's Table 1.")
+  p.add_argument("--runs", nargs="+", required=True, metavar="NAME=WORKDIR",
+                 help="the runs to compare, each as a row name and its AV workdir")
+  p.add_argument("--output", required=True, help="folder for table.md, table.json, reports")
+  p.add_argument("--seeds", default="0,1", help="comma-separated seed indices (default 0,1)")
+  p.add_argument("--split", default="val", help="manifest split to score (default: val)")
+  p.add_argument("--max-clips", type=int, help="score only the first N clips of the split")
+  p.add_argument("--max-seconds", type=float, default=0.0,
+                 help="score the first S seconds of each clip (default 0: whole clips)")
+  p.add_argument("--steps", type=int, default=8, help="Euler steps of the sampler")
+  p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
+  p.add_argument("--t2t-workdir", help="text-to-tokens run: adds the text-driven rows")
+  p.add_argument("--no-wer", action="store_true", help="skip the speech recogniser")
+  p.add_argument("--timed-seconds", type=float, default=TIMED_SECONDS,
+                 help="length of the timed sample (default 20 s, the paper's Table 2)")
+  p.add_argument("--no-timing", action="store_true", help="skip the sampling time")
+  p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
+  return p
+
+
+def parse_runs(specs: list[str]) -> list[tuple[str, str]]:
+  """["NAME=WORKDIR", ...] -> [(name, absolute workdir)]; InputError naming the bad one."""
+  runs, seen = [], set()
+  for spec in specs:
+    name, sep, path = spec.partition("=")
+    if not sep or not _NAME.match(name) or not path:
+      raise InputError(f"--runs {spec!r}: give NAME=WORKDIR (NAME of letters, digits, . _ -)")
+    if name in seen:
+      raise InputError(f"--runs {spec!r}: the name {name!r} is given twice")
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+      raise InputError(f"--runs {spec!r}: {path}: no such directory")
+    seen.add(name)
+    runs.append((name, path))
+  return runs
+
+
+def parse_seeds(text: str) -> list[int]:
+  try:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    seeds = []
+  if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+    raise InputError(f"--seeds {text!r}: give distinct integers >= 0, e.g. 0,1")
+  return seeds
+
+
+def check_arguments(args) -> None:
+  if args.max_clips is not None and args.max_clips < 1:
+    raise InputError(f"--max-clips {args.max_clips}: must be >= 1")
+  if not np.isfinite(args.max_seconds) or args.max_seconds < 0:
+    raise InputError(f"--max-seconds {args.max_seconds}: must be a finite number >= 0")
+  if args.steps < 1:
+    raise InputError(f"--steps {args.steps}: must be >= 1")
+  if args.vocoder_weights and not os.path.isfile(args.vocoder_weights):
+    raise InputError(f"--vocoder-weights {args.vocoder_weights}: file missing")
+  if not np.isfinite(args.timed_seconds) or args.timed_seconds <= 0:
+    raise InputError(f"--timed-seconds {args.timed_seconds}: must be a finite number > 0")
+  if args.t2t_workdir and not os.path.isdir(args.t2t_workdir):
+    raise InputError(f"--t2t-workdir {args.t2t_workdir}: no such directory")
+
+
+# ---- One run -------------------------------------------------------------------------------------
+
+def _protocol(args, seed: int) -> dict:
+  """What makes two evaluations of one checkpoint the same measurement."""
+  return {"split": args.split, "max_clips": args.max_clips, "max_seconds": args.max_seconds,
+          "num_steps": args.steps, "seed": seed, "vocoder_weights": args.vocoder_weights,
+          "wer": not args.no_wer}
+
+
+def _reusable(path: str, step: int, protocol: dict) -> Optional[dict]:
+  """The report at `path` if it measured this checkpoint with this protocol, else None."""
+  try:
+    with open(path) as f:
+      report = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if report.get("checkpoint_step") != step or report.get("paper_table_protocol") != protocol:
+    return None
+  return report
+
+
+def score_token_driven(name: str, workdir: str, seed: int, args, out_dir: str,
+                       reference: bool, log) -> dict:
+  """`evaluate` of one run and seed (reused when its report is already there)."""
+  step = run_dir.latest_step(workdir)
+  output = os.path.join(out_dir, name, f"seed{seed}", "report.json")
+  protocol = {**_protocol(args, seed), "reference_wer": reference}
+  report = _reusable(output, step, protocol)
+  if report is not None:
+    log(f"{name} seed {seed}: reusing {output}")
+    return report
+  ns = argparse.Namespace(
+      workdir=workdir, split=args.split, output=output, steps=args.steps,
+      seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema", data_dir=None,
+      no_plots=True, verbose=args.verbose, max_seconds=args.max_seconds,
+      vocoder_weights=args.vocoder_weights, oracle=False, temperature=1.0,
+      no_wer=args.no_wer, no_reference_wer=not reference)
+  log(f"{name} seed {seed}: scoring {workdir} (step {step})")
+  report = scoring.evaluate(ns, log=lambda m: log(f"  {m}"))
+  report["paper_table_protocol"] = protocol
+  report.pop("output", None)
+  files.write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
+  return report
+
+
+def score_text_driven(name: str, workdir: str, seed: int, args, out_dir: str, log) -> dict:
+  """`evaluate_text` of one run and seed: F1_lips with the tokens predicted from text."""
+  output = os.path.join(out_dir, name, f"seed{seed}", "text_report.json")
+  ns = argparse.Namespace(
+      t2t_workdir=args.t2t_workdir, workdir=workdir, split=args.split, output=output,
+      steps=args.steps, seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema",
+      data_dir=None, no_plots=True, verbose=args.verbose)
+  log(f"{name} seed {seed}: scoring from text ({args.t2t_workdir})")
+  return text_scoring.evaluate_text(ns, log=lambda m: log(f"  {m}"))
+
+
+def run_summary(workdir: str) -> dict:
+  """Variant, parameter count, steps and training time of an AV run (from its files)."""
+  config = run_dir.read_run_config(workdir, "--runs")
+  step, params = run_dir.load_params(workdir, "ema")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def train_seconds(d: str) -> Optional[float]:
+    """Seconds spent in training steps: the logged intervals over their step rates (start-up,
+    compilation, evaluations and checkpoints are not counted)."""
+    path = os.path.join(d, "metrics.jsonl")
+    if not os.path.isfile(path):
+      return None
+    total, last = 0.0, 0
+    with open(path) as f:
+      for line in f:
+        m = json.loads(line)
+        if m.get("steps_per_s") and "step" in m:
+          total += (m["step"] - last) / m["steps_per_s"]
+          last = m["step"]
+    return total
+  vae_dir = config.head_vae.get("workdir") or os.path.join(workdir, run_dir.HEAD_VAE_DIR)
+  return {"variant": config.model.get("variant", "av_flow"), "step": int(step),
+          "params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+          "train_s": train_seconds(workdir), "head_vae_train_s": train_seconds(vae_dir),
+          "model": {k: config.model.get(k) for k in ("d_model", "num_layers", "hidden_dim")}}
+
+
+def device_name() -> str:
+  """The machine the timing ran on, in words."""
+  import jax  # pylint: disable=g-import-not-at-top
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    model = platform.processor() or "cpu"
+    try:
+      with open("/proc/cpuinfo") as f:
+        model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+      pass
+    return f"CPU, {os.cpu_count()} cores ({model})"
+  return f"{jax.device_count()} × {dev.device_kind} ({dev.platform})"
+
+
+def sampling_time(workdir: str, args, seconds: float) -> dict:
+  """Median wall time of one `seconds`-long sample (8 Euler steps; compile excluded).
+
+  The tokens are the split's first clip's, tiled to length. For the cascaded variant the two
+  stages are also timed on their own.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from avflow_jax.data import clips  # pylint: disable=g-import-not-at-top
+  from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top
+  from avflow_jax.inference import sampling  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import av_variants  # pylint: disable=g-import-not-at-top
+  avatar = avatar_lib.Avatar.load(workdir, vocoder_weights=args.vocoder_weights)
+  loaded = avatar.loaded
+  shards, entries = clips.split_entries(loaded.data_dir, loaded.manifest, args.split)
+  _, record = next(clips.iter_split_records(shards, entries[:1],
+                                            clips.page_frames(loaded.manifest)))
+  n = int(round(seconds * C.FRAME_RATE))
+  reps = -(-n // record["tokens"].shape[0])
+  tokens = np.tile(np.asarray(record["tokens"], np.float32), (reps, 1))[:n]
+  part = None
+  if loaded.uses_participant:
+    part = np.tile(np.asarray(record["participant"], np.float32), (reps, 1))[:n]
+
+  def median_time(fn) -> float:
+    jax.block_until_ready(fn())  # Compile and warm up.
+    times = []
+    for _ in range(TIMED_REPEATS):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+  out = {"seconds": seconds, "num_steps": args.steps, "repeats": TIMED_REPEATS,
+         "sample_s": median_time(lambda: avatar.sample_motion(tokens, num_steps=args.steps,
+                                                              participant=part)["mel"])}
+  mel = avatar.sample_motion(tokens, num_steps=args.steps, participant=part)["mel"][0]
+  out["vocoder_s"] = median_time(lambda: avatar.vocode(mel))
+  if av_variants.is_cascaded(loaded.model):
+    model, params = loaded.model, loaded.params
+    cond = sampling.condition(params["stats"], jax.numpy.asarray(tokens[None]),
+                              None if part is None else jax.numpy.asarray(part[None]))
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (1, n, model.visual_dim + model.audio_dim))
+    stage1 = jax.jit(lambda c, x: sampling.solve_audio_stage(model, params["av"], c, x,
+                                                             args.steps))
+    stage2 = jax.jit(lambda c, m, x: sampling.solve_visual_stage(model, params["av"], c, m, x,
+                                                                 args.steps))
+    gen_mel = stage1(cond, x0[..., model.visual_dim:])
+    out["stages_s"] = {
+        "audio": median_time(lambda: stage1(cond, x0[..., model.visual_dim:])),
+        "visual": median_time(lambda: stage2(cond, gen_mel, x0[..., :model.visual_dim]))}
+  return out
+
+
+# ---- The table -----------------------------------------------------------------------------------
+
+def mean_std(values: list) -> dict:
+  """{"mean", "std" (population, None for one value), "values"} of the non-None values."""
+  vals = [float(v) for v in values if v is not None]
+  if not vals:
+    return {"mean": None, "std": None, "values": list(values)}
+  return {"mean": float(np.mean(vals)), "std": float(np.std(vals)) if len(vals) > 1 else None,
+          "values": list(values)}
+
+
+def _cell(stat: Optional[dict]) -> str:
+  if not stat or stat["mean"] is None:
+    return "–"
+  if stat["std"] is None:
+    return common.fmt(stat["mean"])
+  return f"{common.fmt(stat['mean'])} ± {stat['std']:.2g}"
+
+
+def render_markdown(table: dict) -> str:
+  """The table as markdown: the paper's Table 1 layout plus size, training and timing."""
+  p = table["protocol"]
+  lines = [
+      "# AV-Flow and its ablations (the paper's Table 1 protocol)", "",
+      f"* data: `{table['data_dir']}`, split `{p['split']}`: {table['num_clips']} clips, "
+      f"{table['seconds_evaluated']:.1f} s each evaluation"
+      + (f" (first {p['max_seconds']:g} s of each)" if p["max_seconds"] else " (whole clips)"),
+      f"* seeds {', '.join(map(str, p['seeds']))} (clip i of seed k: noise seed "
+      f"{SEED_STRIDE} k + i); {p['num_steps']} Euler steps; vocoder {table['vocoder']}; "
+      f"recogniser {table['recogniser'] or 'none'}",
+      f"* timing: one {p['timed_seconds']:g} s sample on {table['device']}", "",
+      "| row | " + " | ".join(COLUMNS) + f" | params | train | {p['timed_seconds']:g} s sample |",
+      "|---|" + "---|" * (len(COLUMNS) + 3),
+      "| better | " + " | ".join(av_metrics.DIRECTION[k].split(" (")[0] for k in COLUMNS)
+      + " | | | lower |",
+  ]
+  for row in table["rows"]:
+    size = f"{row['params'] / 1e6:.2f} M" if row.get("params") else "–"
+    train = f"{row['train_s'] / 60:.1f} min" if row.get("train_s") else "–"
+    timed = "–"
+    if row.get("timing"):
+      timed = f"{row['timing']['sample_s']:.2f} s"
+      if "stages_s" in row["timing"]:
+        st = row["timing"]["stages_s"]
+        timed += f" ({st['audio']:.2f} + {st['visual']:.2f})"
+    lines.append(f"| {row['name']} | " + " | ".join(_cell(row["metrics"].get(k))
+                                                   for k in COLUMNS)
+                 + f" | {size} | {train} | {timed} |")
+  if table["text_rows"]:
+    lines += ["", "Driven from text (tokens predicted by the text-to-tokens run "
+              f"`{table['t2t_workdir']}`):", "",
+              "| row | F1_lips | F1_lips (sentence frames) | token agreement |", "|---|---|---|---|"]
+    for row in table["text_rows"]:
+      m = row["metrics"]
+      lines.append(f"| {row['name']} | {_cell(m.get('F1_lips'))} | "
+                   f"{_cell(m.get('F1_lips_speech'))} | {_cell(m.get('token_agreement'))} |")
+  lines += ["", "Rows: mean ± std over the seeds (population std). `params`: the AV network's "
+            "parameters (the head VAE, shared by every row, not counted); `train`: seconds in "
+            "training steps (start-up, compilation, evaluations and checkpoints excluded). "
+            "Ground-truth rows: metrics that are defined on the recordings alone; the vocoded "
+            "ground truth is the recorded mel through the same vocoder (MCD's and WER's floor).",
+            "See docs/evaluation.md for the protocol."]
+  return "\n".join(lines) + "\n"
+
+
+def _reference_rows(report: dict) -> list[dict]:
+  ref = report["reference"]
+  return [{"name": "ground truth", "metrics": {k: mean_std([v]) for k, v in
+                                               ref["ground_truth"].items()}},
+          {"name": "vocoded ground truth", "metrics": {k: mean_std([v]) for k, v in
+                                                       ref["vocoded_ground_truth"].items()}}]
+
+
+def build_table(args, log=print) -> dict[str, Any]:
+  """Scores every run of `args.runs`, writes OUTPUT/table.{md,json}; returns the table."""
+  runs = parse_runs(args.runs)
+  seeds = parse_seeds(args.seeds)
+  check_arguments(args)
+  out_dir = os.path.abspath(os.path.expanduser(args.output))
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"--output {out_dir}: cannot create it ({e.strerror})") from e
+  start = time.perf_counter()
+  rows, text_rows, first = [], [], None
+  for name, workdir in runs:
+    summary = run_summary(workdir)
+    reports = []
+    for seed in seeds:
+      reports.append(score_token_driven(name, workdir, seed, args, out_dir,
+                                        reference=first is None, log=log))
+      first = first or reports[0]
+    row = {"name": name, "workdir": workdir, **summary,
+           "metrics": {k: mean_std([r["metrics"].get(k) for r in reports])
+                       for k in av_metrics.METRIC_KEYS}}
+    if not args.no_timing:
+      row["timing"] = sampling_time(workdir, args, args.timed_seconds)
+      log(f"{name}: one {args.timed_seconds:g} s sample {row['timing']['sample_s']:.2f} s")
+    rows.append(row)
+    if args.t2t_workdir:
+      text = [score_text_driven(name, workdir, s, args, out_dir, log) for s in seeds]
+      text_rows.append({"name": name, "metrics": {
+          k: mean_std([t["metrics"].get(k) for t in text])
+          for k in ("F1_lips", "F1_lips_speech", "token_agreement")}})
+  table = {
+      "format_version": TABLE_VERSION,
+      "protocol": {**_protocol(args, None), "seeds": seeds, "seed_stride": SEED_STRIDE,
+                   "timed_seconds": args.timed_seconds},
+      "data_dir": first["data_dir"], "num_clips": first["num_clips"],
+      "seconds_evaluated": first["seconds_evaluated"], "vocoder": first["config"]["vocoder"],
+      "recogniser": first["config"]["recogniser"],
+      "device": device_name(), "t2t_workdir": args.t2t_workdir,
+      "rows": _reference_rows(first) + rows, "text_rows": text_rows,
+      "directions": {k: av_metrics.DIRECTION[k] for k in COLUMNS},
+      "seconds": time.perf_counter() - start,
+  }
+  files.write_atomic(os.path.join(out_dir, "table.md"), render_markdown(table))
+  files.write_atomic(os.path.join(out_dir, "table.json"),
+                     json.dumps(table, indent=2, allow_nan=False) + "\n")
+  log(f"wrote {out_dir}/table.md and table.json in {table['seconds']:.0f} s")
+  return table
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
+  return cli.run(argv, make_parser, build_table, (InputError,))

@@ -1,0 +1,12 @@
+r"""Command: `python -m avflow_jax.paper_table` (see `avflow_jax.evaluation.paper_table`).
+
+Scores several AV runs (AV-Flow and its ablations) with one protocol and writes the paper's
+Table 1 as markdown and JSON.
+"""
+
+import sys
+
+from avflow_jax.evaluation import paper_table
+
+if __name__ == "__main__":
+  sys.exit(paper_table.main())
