@@ -7,6 +7,14 @@ Table 1 as markdown and JSON.
 import sys
 
 from avflow_jax.evaluation import paper_table
+from avflow_jax.evaluation import scoring
+from avflow_jax.evaluation import text_scoring
+
+
+def main(argv=None) -> int:
+  return paper_table.main(argv, evaluate=scoring.evaluate,
+                          evaluate_text=text_scoring.evaluate_text)
+
 
 if __name__ == "__main__":
-  sys.exit(paper_table.main())
+  sys.exit(main())

@@ -55,13 +55,13 @@ def full_size_checkpoint(path: str, seed: int = 0) -> int:
 
   from avflow_jax.core import cli  # pylint: disable=g-import-not-at-top
   from avflow_jax.core import torch_writer  # pylint: disable=g-import-not-at-top
-  from avflow_jax.models import av_variants  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import av_config  # pylint: disable=g-import-not-at-top
   from avflow_jax.models import dit  # pylint: disable=g-import-not-at-top
   from avflow_jax.models import official_keys  # pylint: disable=g-import-not-at-top
   config = cli.load_config_file(os.path.join(ROOT, "configs", "official_50h.py"))
-  dims = dit.AVDims(face=256, head_latent=8, audio=80, cond=29)
-  model = av_variants.make_av_model(config.model, dims)
-  shapes = nn.unbox(jax.eval_shape(lambda: av_variants.init_av_params(model, dims,
+  dims = av_config.AVDims(face=256, head_latent=8, audio=80, cond=29)
+  model = dit.make_av_model(config.model, dims)
+  shapes = nn.unbox(jax.eval_shape(lambda: dit.init_av_params(model, dims,
                                                               jax.random.PRNGKey(0))))
   rng = np.random.default_rng(seed)
   params = jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32) * 0.02, shapes)

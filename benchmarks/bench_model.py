@@ -35,7 +35,7 @@ from avflow_jax import api  # pylint: disable=wrong-import-position
 from avflow_jax.core import constants  # pylint: disable=wrong-import-position
 from avflow_jax.data import manifest as manifest_lib  # pylint: disable=wrong-import-position
 from avflow_jax.models import attention  # pylint: disable=wrong-import-position
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit  # pylint: disable=wrong-import-position
 from avflow_jax.models import head_vae  # pylint: disable=wrong-import-position
 from avflow_jax.training import head_vae_recipe  # pylint: disable=wrong-import-position
@@ -71,8 +71,8 @@ def residual_bytes(config, dims, batch: int, frames: int, policy: str) -> int:
   from jax._src import ad_checkpoint  # pylint: disable=g-import-not-at-top  (no public API)
   c = config.copy_and_resolve_references()
   c.model.remat = policy
-  model = av_variants.make_av_model(c.model, dims)
-  params = nn.unbox(jax.eval_shape(lambda: av_variants.init_av_params(model, dims,
+  model = dit.make_av_model(c.model, dims)
+  params = nn.unbox(jax.eval_shape(lambda: dit.init_av_params(model, dims,
                                                               jax.random.PRNGKey(0))))
   x = lambda d: jax.ShapeDtypeStruct((batch, frames, d), np.float32)
   loss = lambda p, v, a, cond, t: sum(jnp.mean(o) for o in model.apply({"params": p}, v, a,
@@ -93,7 +93,7 @@ def memory_plan(config, data_dir, batches, policies) -> list:
   n = jax.device_count()
   manifest = manifest_lib.load_manifest(data_dir)
   vae = head_vae.from_config(head_vae_recipe.for_av_run(config), manifest["dims"]["head"])
-  dims = dit.AVDims.from_data(manifest["dims"], vae.latent_dim, bool(config.data.participant))
+  dims = av_config.AVDims.from_data(manifest["dims"], vae.latent_dim, bool(config.data.participant))
   for per_device in batches:
     c = config.copy_and_resolve_references()
     c.batch_size, c.model.remat = per_device * n, "none"

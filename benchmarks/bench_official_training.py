@@ -55,7 +55,7 @@ from avflow_jax.core import metric_writer  # pylint: disable=wrong-import-positi
 from avflow_jax.core import sharding  # pylint: disable=wrong-import-position
 from avflow_jax.data import manifest as manifest_lib  # pylint: disable=wrong-import-position
 from avflow_jax.data import rows as rows_lib  # pylint: disable=wrong-import-position
-from avflow_jax.models import dit  # pylint: disable=wrong-import-position
+from avflow_jax.models import av_config
 from avflow_jax.training import config_validation  # pylint: disable=wrong-import-position
 from avflow_jax.training import loop  # pylint: disable=wrong-import-position
 from avflow_jax.training import optim  # pylint: disable=wrong-import-position
@@ -87,12 +87,12 @@ def import_official(path):
   return diffusion
 
 
-def build_torch_model(diffusion, config, av_dims: dit.AVDims):
+def build_torch_model(diffusion, config, av_dims: av_config.AVDims):
   """The official network with config.model's sizes, built under torch.manual_seed(seed)."""
   if not config.model.fusion:
     raise SystemExit("config.model.fusion=False: the official model always fuses the towers")
   windows = []
-  for w in dit.layer_windows(config.model.windows, config.model.num_layers):
+  for w in av_config.layer_windows(config.model.windows, config.model.num_layers):
     # avflow_jax reads a pair with a negative side as unbounded on both sides (dit.py).
     windows.append((None, None) if min(w) < 0 else w)
   torch.manual_seed(config.seed)
@@ -134,7 +134,7 @@ def copy_jax_params(params, model) -> None:
                        f"{missing}")
 
 
-def make_draws(batch: int, frames: int, av_dims: dit.AVDims):
+def make_draws(batch: int, frames: int, av_dims: av_config.AVDims):
   """(seed, index) -> (t, x0_v, x0_a) as numpy: exactly the draws of `build_av_task`'s loss."""
   @jax.jit
   def draws(key, index):
@@ -252,7 +252,7 @@ def setup_jax(config, train_config, data_dir, workdir):
   _, eval_step = loop.jit_steps(task, tx, schedule, config, mesh, state_sh)
   encode = jax.jit(lambda head, valid: vae_model.apply(
       {"params": vae_params}, head, valid > 0, False, method=vae_model.encode)[0])
-  av_dims = dit.AVDims.from_data(manifest["dims"], vae_model.latent_dim, config.data.participant)
+  av_dims = av_config.AVDims.from_data(manifest["dims"], vae_model.latent_dim, config.data.participant)
   return dict(manifest=manifest, task=task, schedule=schedule, mesh=mesh, state=init_fn(init_rng),
               train_step=train_step, eval_step=eval_step, config=config, av_dims=av_dims,
               encode=lambda b: np.asarray(encode(b["head"], b["valid"])))

@@ -44,7 +44,7 @@ import torch  # pylint: disable=wrong-import-position
 from avflow_jax.core import constants  # pylint: disable=wrong-import-position
 from avflow_jax.data import crops  # pylint: disable=wrong-import-position
 from avflow_jax.data import manifest as manifest_lib  # pylint: disable=wrong-import-position
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit  # pylint: disable=wrong-import-position
 from avflow_jax.models import head_vae  # pylint: disable=wrong-import-position
 from avflow_jax.training import head_vae_recipe  # pylint: disable=wrong-import-position
@@ -58,10 +58,10 @@ def torch_matmul_tflops(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n ** 3 / common.median_time(lambda: a @ a, repeats) / 1e12
 
 
-def sample_flops(config, frames: int, dims: dit.AVDims) -> float:
+def sample_flops(config, frames: int, dims: av_config.AVDims) -> float:
   """XLA's FLOPs of 8 network evaluations on `frames` frames (batch 1), the sampler's work."""
-  model = av_variants.make_av_model(config.model, dims)
-  params = jax.eval_shape(lambda: av_variants.init_av_params(model, dims, jax.random.PRNGKey(0)))
+  model = dit.make_av_model(config.model, dims)
+  params = jax.eval_shape(lambda: dit.init_av_params(model, dims, jax.random.PRNGKey(0)))
   x = lambda d: jax.ShapeDtypeStruct((1, frames, d), np.float32)
   fwd = jax.jit(lambda p, v, a, c, t: model.apply({"params": p}, v, a, c, t))
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
@@ -70,7 +70,7 @@ def sample_flops(config, frames: int, dims: dit.AVDims) -> float:
   return 8 * common.cost_flops(compiled)
 
 
-def time_official(diffusion, config, batch: dict, dims: dit.AVDims, repeats: int,
+def time_official(diffusion, config, batch: dict, dims: av_config.AVDims, repeats: int,
                   sample_frames: int) -> dict:
   """(train step s, sample 20 s s) of the official network with avflow_jax's recipe."""
   model = bot.build_torch_model(diffusion, config, dims)
@@ -137,7 +137,7 @@ def main():
     jax_sample = bench_model.time_sampling(config, data_dir, (20.0,), args.repeats, root)[20.0]
     print(f"avflow_jax sample 20 s {jax_sample:.3f} s", flush=True)
     vae = head_vae.from_config(head_vae_recipe.for_av_run(config), manifest["dims"]["head"])
-    dims = dit.AVDims.from_data(manifest["dims"], vae.latent_dim, bool(config.data.participant))
+    dims = av_config.AVDims.from_data(manifest["dims"], vae.latent_dim, bool(config.data.participant))
     batch = jax.device_get(next(iter(crops.make_crop_dataset(
         data_dir, manifest, "train", global_batch_size=args.batch, crop=args.frames,
         streams=("mel", "tokens", "face", "head"), seed=0))))

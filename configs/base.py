@@ -49,7 +49,7 @@ def get_config(arg=None):
   c.model.attention_block = 64  # Query block of the linear-cost windowed attention.
   c.model.variant = "av_flow"  # "av_flow", or the paper's ablations: "separate" (two towers,
   # no connection), "shared" (one tower for both modalities), "cascaded" (tokens -> mel, then
-  # mel -> motion); see avflow_jax/models/av_variants.py.
+  # mel -> motion); see avflow_jax/models/dit.py.
   c.model.fusion = True  # Highway fusion between the towers (False = the ablation).
   c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params, LayerNorm,
   # softmax, outputs and the loss stay float32).

@@ -5,7 +5,7 @@ r"""The paper's Table 1 (and Table 2's inference time) for several runs, with on
   python -m avflow_jax.paper_table --runs a=RUN_A b=RUN_B --seeds 0,1,2 --t2t-workdir T2T \
       --output table/
 
-Every run is scored by `avflow_jax.evaluate` on the same held-out clips (the split's first
+Every run is scored by `avflow_jax.evaluate` (`scoring.evaluate`) on the same held-out clips (the split's first
 --max-clips clips, their first --max-seconds seconds) with the same seeds: seed k samples clip
 i with noise seed 1000 k + i (`evaluate --seed 1000k`), 8 Euler steps, the same vocoder, the
 same recogniser. Those are the token-driven rows (the clips' recorded ASR tokens drive the
@@ -23,6 +23,7 @@ and protocol is reused, so an interrupted table goes on where it stopped.
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -39,8 +40,6 @@ from avflow_jax.core import run_dir
 from avflow_jax.core.errors import InputError
 from avflow_jax.evaluation import av_metrics
 from avflow_jax.evaluation import common
-from avflow_jax.evaluation import scoring
-from avflow_jax.evaluation import text_scoring
 
 TABLE_VERSION = 1
 # The paper's Table 1 columns, then this project's jitter ratios.
@@ -138,9 +137,9 @@ def _reusable(path: str, step: int, protocol: dict) -> Optional[dict]:
   return report
 
 
-def score_token_driven(name: str, workdir: str, seed: int, args, out_dir: str,
+def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_dir: str,
                        reference: bool, log) -> dict:
-  """`evaluate` of one run and seed (reused when its report is already there)."""
+  """`evaluate` (`scoring.evaluate`) of one run and seed (reused when its report is there)."""
   step = run_dir.latest_step(workdir)
   output = os.path.join(out_dir, name, f"seed{seed}", "report.json")
   protocol = {**_protocol(args, seed), "reference_wer": reference}
@@ -155,22 +154,24 @@ def score_token_driven(name: str, workdir: str, seed: int, args, out_dir: str,
       vocoder_weights=args.vocoder_weights, oracle=False, temperature=1.0,
       no_wer=args.no_wer, no_reference_wer=not reference)
   log(f"{name} seed {seed}: scoring {workdir} (step {step})")
-  report = scoring.evaluate(ns, log=lambda m: log(f"  {m}"))
+  report = evaluate(ns, log=lambda m: log(f"  {m}"))
   report["paper_table_protocol"] = protocol
   report.pop("output", None)
   files.write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
   return report
 
 
-def score_text_driven(name: str, workdir: str, seed: int, args, out_dir: str, log) -> dict:
-  """`evaluate_text` of one run and seed: F1_lips with the tokens predicted from text."""
+def score_text_driven(evaluate_text, name: str, workdir: str, seed: int, args, out_dir: str,
+                      log) -> dict:
+  """`evaluate_text` (`text_scoring.evaluate_text`) of one run and seed: F1_lips with the
+  tokens predicted from text."""
   output = os.path.join(out_dir, name, f"seed{seed}", "text_report.json")
   ns = argparse.Namespace(
       t2t_workdir=args.t2t_workdir, workdir=workdir, split=args.split, output=output,
       steps=args.steps, seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema",
       data_dir=None, no_plots=True, verbose=args.verbose)
   log(f"{name} seed {seed}: scoring from text ({args.t2t_workdir})")
-  return text_scoring.evaluate_text(ns, log=lambda m: log(f"  {m}"))
+  return evaluate_text(ns, log=lambda m: log(f"  {m}"))
 
 
 def run_summary(workdir: str) -> dict:
@@ -226,7 +227,7 @@ def sampling_time(workdir: str, args, seconds: float) -> dict:
   from avflow_jax.data import clips  # pylint: disable=g-import-not-at-top
   from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top
   from avflow_jax.inference import sampling  # pylint: disable=g-import-not-at-top
-  from avflow_jax.models import av_variants  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import dit  # pylint: disable=g-import-not-at-top
   avatar = avatar_lib.Avatar.load(workdir, vocoder_weights=args.vocoder_weights)
   loaded = avatar.loaded
   shards, entries = clips.split_entries(loaded.data_dir, loaded.manifest, args.split)
@@ -253,7 +254,7 @@ def sampling_time(workdir: str, args, seconds: float) -> dict:
                                                               participant=part)["mel"])}
   mel = avatar.sample_motion(tokens, num_steps=args.steps, participant=part)["mel"][0]
   out["vocoder_s"] = median_time(lambda: avatar.vocode(mel))
-  if av_variants.is_cascaded(loaded.model):
+  if dit.is_cascaded(loaded.model):
     model, params = loaded.model, loaded.params
     cond = sampling.condition(params["stats"], jax.numpy.asarray(tokens[None]),
                               None if part is None else jax.numpy.asarray(part[None]))
@@ -342,8 +343,16 @@ def _reference_rows(report: dict) -> list[dict]:
                                                        ref["vocoded_ground_truth"].items()}}]
 
 
-def build_table(args, log=print) -> dict[str, Any]:
-  """Scores every run of `args.runs`, writes OUTPUT/table.{md,json}; returns the table."""
+def build_table(args, log=print, *, evaluate, evaluate_text) -> dict[str, Any]:
+  """Scores every run of `args.runs`, writes OUTPUT/table.{md,json}; returns the table.
+
+  Args:
+    args: the parsed flags (`make_parser`).
+    log: progress lines.
+    evaluate: `scoring.evaluate` (passed in by the command, which keeps the import graph
+      shallow: this module sits beside the scoring modules, not above them).
+    evaluate_text: `text_scoring.evaluate_text`.
+  """
   runs = parse_runs(args.runs)
   seeds = parse_seeds(args.seeds)
   check_arguments(args)
@@ -358,7 +367,7 @@ def build_table(args, log=print) -> dict[str, Any]:
     summary = run_summary(workdir)
     reports = []
     for seed in seeds:
-      reports.append(score_token_driven(name, workdir, seed, args, out_dir,
+      reports.append(score_token_driven(evaluate, name, workdir, seed, args, out_dir,
                                         reference=first is None, log=log))
       first = first or reports[0]
     row = {"name": name, "workdir": workdir, **summary,
@@ -369,7 +378,8 @@ def build_table(args, log=print) -> dict[str, Any]:
       log(f"{name}: one {args.timed_seconds:g} s sample {row['timing']['sample_s']:.2f} s")
     rows.append(row)
     if args.t2t_workdir:
-      text = [score_text_driven(name, workdir, s, args, out_dir, log) for s in seeds]
+      text = [score_text_driven(evaluate_text, name, workdir, s, args, out_dir, log)
+              for s in seeds]
       text_rows.append({"name": name, "metrics": {
           k: mean_std([t["metrics"].get(k) for t in text])
           for k in ("F1_lips", "F1_lips_speech", "token_agreement")}})
@@ -392,6 +402,7 @@ def build_table(args, log=print) -> dict[str, Any]:
   return table
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, *, evaluate, evaluate_text) -> int:
   """CLI entry point; returns the exit code (2 for bad input, with one line on stderr)."""
-  return cli.run(argv, make_parser, build_table, (InputError,))
+  return cli.run(argv, make_parser, functools.partial(
+      build_table, evaluate=evaluate, evaluate_text=evaluate_text), (InputError,))

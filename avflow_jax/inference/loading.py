@@ -19,9 +19,10 @@ import ml_collections
 from avflow_jax.core import run_dir
 from avflow_jax.core.errors import AvatarError
 from avflow_jax.data import manifest as manifest_lib
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
+from avflow_jax.models import layer_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +111,10 @@ def _check_shape(what: str, got, expected, fix: str):
                       f"run config expects {tuple(expected)}; {fix}")
 
 
-def _check_av_shapes(workdir: str, params, model, dims: dit.AVDims, variant: str,
+def _check_av_shapes(workdir: str, params, model, dims: av_config.AVDims, variant: str,
                      fix: str) -> None:
   """Every AV weight has the shape the run config's model needs (or one line naming it)."""
-  want = jax.eval_shape(lambda: nn.unbox(av_variants.init_av_params(
+  want = jax.eval_shape(lambda: nn.unbox(dit.init_av_params(
       model, dims, jax.random.PRNGKey(0))))
   got = {jax.tree_util.keystr(k): v.shape
          for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -167,12 +168,12 @@ def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None
   _check_shape(f"{vae_dir} enc_in kernel", vae_params["enc_in"]["kernel"].shape,
                (dims["head"], vae.hidden), "the VAE was trained on other head-pose data")
 
-  av_dims = dit.AVDims.from_data(dims, vae.latent_dim, config.data.get("participant", False))
-  model = av_variants.make_av_model(config.model, av_dims)
+  av_dims = av_config.AVDims.from_data(dims, vae.latent_dim, config.data.get("participant", False))
+  model = dit.make_av_model(config.model, av_dims)
   step, av_params = run_dir.load_params(workdir, which)
   # Either layer layout samples (the ablation variants have only the per-layer one).
-  av_params = dit.to_layout(av_params, bool(config.model.get("scan_layers", False)))
-  _check_av_shapes(workdir, av_params, model, av_dims, av_variants.variant_of(config.model),
+  av_params = layer_layout.to_layout(av_params, bool(config.model.get("scan_layers", False)))
+  _check_av_shapes(workdir, av_params, model, av_dims, av_config.variant_of(config.model),
                    f"is data.dir ({data_dir}) the data this run was trained on?")
 
   device = device or jax.local_devices()[0]

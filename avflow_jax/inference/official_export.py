@@ -21,7 +21,7 @@ from avflow_jax.core import run_dir
 from avflow_jax.core import torch_writer
 from avflow_jax.core.errors import AvatarError
 from avflow_jax.data import manifest as manifest_lib
-from avflow_jax.models import dit
+from avflow_jax.models import layer_layout
 from avflow_jax.models import official_keys
 
 
@@ -82,7 +82,7 @@ def export_run(workdir: str, output: str, *, which: str = "ema",
     raise AvatarError(f"--workdir {workdir}: a {variant!r} ablation run; the official format "
                       "only holds the av_flow model")
   step, params = run_dir.load_params(workdir, which)
-  state = official_keys.official_from_av_params(dit.to_layout(_host(params), False))
+  state = official_keys.official_from_av_params(layer_layout.to_layout(_host(params), False))
   torch_writer.write_torch_checkpoint(output, _checkpoint(step, state, config))
   written = [os.path.abspath(output)]
   log(f"wrote {output}: {len(state)} tensors ({sum(v.size for v in state.values()):,} params, "

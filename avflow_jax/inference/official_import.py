@@ -40,7 +40,7 @@ from avflow_jax.core import torch_reader
 from avflow_jax.core.errors import AvatarError
 from avflow_jax.core.safe_files import UntrustedFileError
 from avflow_jax.inference import official_t2t
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
 from avflow_jax.models import official_keys
@@ -227,7 +227,7 @@ def _av_run_config(config, arch: dict, dims: dict, workdir: str, source: dict):
     c.head_vae.workdir = os.path.join(workdir, run_dir.HEAD_VAE_DIR)
     c.official_import = source
   try:
-    dit.layer_windows(c.model.windows, c.model.num_layers)
+    av_config.layer_windows(c.model.windows, c.model.num_layers)
   except ValueError as e:
     raise AvatarError(f"--config: {e} (the file has {arch['num_layers']} layers)") from e
   return c
@@ -287,9 +287,9 @@ def _import_av(files_: ReleaseFiles, workdir: str, final: str, config, *, dyadic
             "head_vae": files_.head_vae and os.path.abspath(files_.head_vae),
             "mel_weight_used_by_official_trainer": 0.2}
   cfg = _av_run_config(config, arch, dims, final, source)
-  model = av_variants.make_av_model(cfg.model, dit.AVDims.from_data(dims, latent_dim, bool(participant)))
-  expected = jax.eval_shape(lambda: av_variants.init_av_params(
-      model, dit.AVDims.from_data(dims, latent_dim, bool(participant)), jax.random.PRNGKey(0)))
+  model = dit.make_av_model(cfg.model, av_config.AVDims.from_data(dims, latent_dim, bool(participant)))
+  expected = jax.eval_shape(lambda: dit.init_av_params(
+      model, av_config.AVDims.from_data(dims, latent_dim, bool(participant)), jax.random.PRNGKey(0)))
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   expected = nn.unbox(expected)
   params = _to_device(_mapped(official_keys.av_params_from_official, path, "--av", state,

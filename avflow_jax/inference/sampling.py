@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from avflow_jax.core import flow
-from avflow_jax.models import av_variants
+from avflow_jax.models import dit
 
 
 def _norm(x, stats, name):
@@ -60,7 +60,7 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
   """Samples one audio-visual sequence per batch element.
 
   Args:
-    av_model: the velocity network of any `av_variants` variant (static); the cascaded one is
+    av_model: the velocity network of any `config.model.variant` (static); the cascaded one is
       solved in two stages (mel first, then the visual streams given it).
     head_vae: the HeadVAE module (static).
     params: {"av": AV params, "head_vae": VAE params, "stats": {stream: (mean, std)}}.
@@ -87,7 +87,7 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
   elif x0.shape != (b, t, vis + aud):
     raise ValueError(f"x0 has shape {x0.shape}, the sampler needs {(b, t, vis + aud)}")
 
-  if av_variants.is_cascaded(av_model):
+  if dit.is_cascaded(av_model):
     mel = solve_audio_stage(av_model, params["av"], cond, x0[..., vis:], num_steps, lengths)
     x1 = jnp.concatenate([solve_visual_stage(av_model, params["av"], cond, mel, x0[..., :vis],
                                              num_steps, lengths), mel], -1)

@@ -1,20 +1,36 @@
-"""The AV-Flow network: two windowed diffusion transformers joined by linear highway fusion.
+"""The AV velocity networks: AV-Flow (two windowed DiTs joined by highway fusion) and the
+paper's three ablations of it, with the factory that builds the one `config.model.variant`
+names.
 
-Layout follows the official implementation (see ../shared/spec/av_flow_reference.md §1):
-per-frame conditioning is concatenated to each tower's noisy input, a shared Fourier time
+AV-Flow's layout follows the official implementation (see ../shared/spec/av_flow_reference.md
+§1): per-frame conditioning is concatenated to each tower's noisy input, a shared Fourier time
 embedding drives adaLN-zero modulation in every sublayer, and after every block pair a single
 Linear(2d, 2d) over [audio ; visual] is split and added back to both towers.
+
+The ablations (Table 1), built from the same blocks so width, depth, windows, attention, remat
+and dtype mean the same in each:
+  separate  two towers in parallel, one for audio, one for visual, without any connection: each
+            has its own input projection, time embedding and output
+  shared    a single tower for both modalities: [visual ; audio ; conditioning] in, [visual ;
+            audio] velocity out
+  cascaded  the audio tower (tokens -> speech) followed by the visual tower (speech -> motion):
+            the visual tower is conditioned on the clean mel (ground truth in training, the
+            audio stage's sample at inference) and the participant's features, not the tokens
+Every variant is called as `model(x_visual, x_audio, cond, t, lengths, audio_cond=None)` and
+returns (velocity_visual, velocity_audio); only `cascaded` reads `audio_cond` (the normalised
+clean mel), and it samples in two stages (`CascadedTransformer.audio_velocity`, then
+`visual_velocity`).
 """
 
-import dataclasses
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from avflow_jax.models import attention
+from avflow_jax.models import av_config
+from avflow_jax.models import layer_layout
 from avflow_jax.models import torch_init
 
 Dtype = Any
@@ -126,31 +142,12 @@ class DiTBlock(nn.Module):
     return AdaLNSublayer(self.d_model, self.dtype, name="ff_mod")(x, temb, ff)
 
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,  # Recompute the whole block.
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # Keep matmul outputs.
-    "dots_with_no_batch_dims_saveable":
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Keep weight matmuls only.
-}
-SCAN_NAME = "layers"  # The scanned block pair's parameters: every leaf gains a leading layer axis.
-
-
-def remat_policy(remat) -> Optional[str]:
-  """`config.model.remat` as a `REMAT_POLICIES` name; old configs' booleans are accepted."""
-  if isinstance(remat, bool):
-    return "full" if remat else "none"
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"config.model.remat={remat!r}: must be one of {sorted(REMAT_POLICIES)}")
-  return remat
-
-
 def _layer(xv, xa, temb, lengths, *, suffix: str, d_model, hidden_dim, num_heads, window,
            fusion, block, dtype, implementation, remat):
   """Layer `suffix` of both towers and its highway fusion, created in the calling module."""
   block_cls = DiTBlock
   if remat != "none":
-    block_cls = nn.remat(DiTBlock, policy=REMAT_POLICIES[remat])
+    block_cls = nn.remat(DiTBlock, policy=av_config.REMAT_POLICIES[remat])
   kw = dict(d_model=d_model, hidden_dim=hidden_dim, num_heads=num_heads, window=window,
             block=block, dtype=dtype, implementation=implementation)
   xv = block_cls(**kw, name=f"block_v{suffix}")(xv, temb, lengths)
@@ -240,10 +237,10 @@ class AVFlowTransformer(nn.Module):
     xa = dense(d, ("input", "embed"), "input_proj_a", self.dtype)(
         jnp.concatenate([x_audio.astype(self.dtype), cond], -1))
     temb = TimeEmbedding(d, self.dtype, name="time_embed")(t)
-    windows = list(attention_windows(self.windows))
+    windows = list(av_config.attention_windows(self.windows))
     kw = dict(d_model=d, hidden_dim=self.hidden_dim, num_heads=self.num_heads,
               fusion=self.fusion, block=self.attention_block, dtype=self.dtype,
-              implementation=self.attention, remat=remat_policy(self.remat))
+              implementation=self.attention, remat=av_config.remat_policy(self.remat))
     # The scanned pair's remat applies per block inside the scan, as in the unrolled model.
     if self.scan_layers:
       if len(set(windows)) > 1:
@@ -251,8 +248,8 @@ class AVFlowTransformer(nn.Module):
                          f"{windows}")
       scanned = nn.scan(BlockPair, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast, nn.broadcast), length=len(windows),
-                        metadata_params={nn.PARTITION_NAME: SCAN_NAME})
-      (xv, xa), _ = scanned(window=windows[0], **kw, name=SCAN_NAME)((xv, xa), temb, lengths)
+                        metadata_params={nn.PARTITION_NAME: layer_layout.SCAN_NAME})
+      (xv, xa), _ = scanned(window=windows[0], **kw, name=layer_layout.SCAN_NAME)((xv, xa), temb, lengths)
     else:
       for i, window in enumerate(windows):
         xv, xa = _layer(xv, xa, temb, lengths, suffix=f"_{i}", window=window, **kw)
@@ -261,106 +258,151 @@ class AVFlowTransformer(nn.Module):
     return out_v.astype(jnp.float32), out_a.astype(jnp.float32)
 
 
-def attention_windows(windows) -> tuple[Optional[tuple[int, int]], ...]:
-  """Per-layer (left, right) pairs as the attention takes them: None = unbounded both ways."""
-  return tuple(None if w is None or max(w) < 0 else tuple(w) for w in windows)
 
 
-def layer_windows(windows, num_layers: int) -> tuple[tuple[int, int], ...]:
-  """`config.model.windows` as one (left, right) pair per layer.
+# ---- The paper's ablations (Table 1) and the factory of every variant -----------------------
 
-  A single pair means the same window for every layer; a list gives one pair per layer.
-  Sizes are integers >= 0, or -1 for an unbounded side.
+class Tower(nn.Module):
+  """One diffusion transformer: input projection of [x ; cond], a time embedding, windowed
+  DiT blocks and an output projection (the unit the ablations combine)."""
+  out_dim: int
+  d_model: int
+  hidden_dim: int
+  num_heads: int
+  windows: Sequence[Optional[tuple[int, int]]]
+  attention_block: int = 64
+  remat: str = "none"
+  dtype: Dtype = jnp.float32
+  attention: str = "blocked"
 
-  Raises:
-    ValueError: naming `config.model.windows` and what is wrong with it.
-  """
-  windows = list(windows)
-  if windows and not isinstance(windows[0], (list, tuple)):
-    windows = [windows] * num_layers
-  if len(windows) != num_layers:
-    raise ValueError(f"config.model.windows: {len(windows)} pairs for {num_layers} layers "
-                     "(give one (left, right) pair, or one per layer)")
-  out = []
-  for w in windows:
-    if len(w) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in w):
-      raise ValueError(f"config.model.windows: {tuple(w)} is not a (left, right) pair of "
-                       "integers")
-    if any(v < -1 for v in w):
-      raise ValueError(f"config.model.windows: {tuple(w)}: use sizes >= 0, or -1 for an "
-                       "unbounded side")
-    out.append((int(w[0]), int(w[1])))
-  return tuple(out)
+  @nn.compact
+  def __call__(self, x, cond, t, lengths=None):
+    h = dense(self.d_model, ("input", "embed"), "input_proj", self.dtype)(
+        jnp.concatenate([x.astype(self.dtype), cond.astype(self.dtype)], -1))
+    temb = TimeEmbedding(self.d_model, self.dtype, name="time_embed")(t)
+    block_cls = DiTBlock
+    if self.remat != "none":
+      block_cls = nn.remat(DiTBlock, policy=av_config.REMAT_POLICIES[self.remat])
+    for i, window in enumerate(self.windows):
+      h = block_cls(self.d_model, self.hidden_dim, self.num_heads, window,
+                    self.attention_block, self.dtype, self.attention, name=f"block_{i}")(
+                        h, temb, lengths)
+    out = dense(self.out_dim, ("embed", "output"), "out", self.dtype)(h)
+    return out.astype(jnp.float32)
 
 
-@dataclasses.dataclass(frozen=True)
-class AVDims:
-  """Widths of the AV model's streams, derived from the data's dims and the head VAE.
+def _tower(m: "_TowerArgs", out_dim: int, name: str) -> Tower:
+  """A `Tower` of `m`'s size, created in `m` (call from its compact method or setup)."""
+  return Tower(out_dim, m.d_model, m.hidden_dim, m.num_heads, m.windows, m.attention_block,
+               m.remat, m.dtype, m.attention, name=name)
+
+
+class _TowerArgs(nn.Module):
+  """The fields every ablation shares with `AVFlowTransformer`."""
+  visual_dim: int = 264
+  audio_dim: int = 80
+  d_model: int = 512
+  hidden_dim: int = 1024
+  num_heads: int = 4
+  windows: Sequence[Optional[tuple[int, int]]] = ((16, 8),) * 8
+  attention_block: int = 64
+  remat: str = "none"
+  dtype: Dtype = jnp.float32
+  attention: str = "blocked"
+
+
+
+class SeparateTransformer(_TowerArgs):
+  """Ablation (a): an audio and a visual tower with nothing between them."""
+
+  @nn.compact
+  def __call__(self, x_visual, x_audio, cond, t, lengths=None, audio_cond=None):
+    del audio_cond
+    return (_tower(self, self.visual_dim, "visual")(x_visual, cond, t, lengths),
+            _tower(self, self.audio_dim, "audio")(x_audio, cond, t, lengths))
+
+
+class SharedTransformer(_TowerArgs):
+  """Ablation (b): one tower over the concatenated modalities (inputs and outputs)."""
+
+  @nn.compact
+  def __call__(self, x_visual, x_audio, cond, t, lengths=None, audio_cond=None):
+    del audio_cond
+    x = jnp.concatenate([x_visual, x_audio], -1)
+    out = _tower(self, self.visual_dim + self.audio_dim, "shared")(x, cond, t, lengths)
+    return out[..., :self.visual_dim], out[..., self.visual_dim:]
+
+
+class CascadedTransformer(_TowerArgs):
+  """Ablation (c): tokens -> mel, then mel (+ participant) -> face codes and head latent.
 
   Attributes:
-    face: face-code width.
-    head_latent: the head VAE's latent width.
-    audio: mel bands (the audio tower's input and output).
-    cond: per-frame conditioning (tokens, plus the participant's features when dyadic).
-    participant: the participant's features at the end of `cond` (0 when not dyadic).
+    participant_dim: trailing channels of `cond` that are the participant's features (dyadic
+      runs; 0 otherwise); the visual stage sees those and the mel, not the tokens.
   """
-  face: int
-  head_latent: int
-  audio: int
-  cond: int
-  participant: int = 0
+  participant_dim: int = 0
 
-  @property
-  def visual(self) -> int:
-    """The visual tower's input and output: [face codes ; head latent]."""
-    return self.face + self.head_latent
+  def setup(self):
+    self.audio = _tower(self, self.audio_dim, "audio")
+    self.visual = _tower(self, self.visual_dim, "visual")
 
-  @classmethod
-  def from_data(cls, dims: dict, head_latent: int, participant: bool) -> "AVDims":
-    """From a manifest's `dims`; `participant` adds their features to the conditioning."""
-    p = dims.get("participant", 0) if participant else 0
-    return cls(face=dims["face"], head_latent=head_latent, audio=dims["mel"],
-               cond=dims["tokens"] + p, participant=p)
+  def audio_velocity(self, x_audio, cond, t, lengths=None):
+    """Stage 1: the mel's velocity given the tokens (and participant)."""
+    return self.audio(x_audio, cond, t, lengths)
 
+  def visual_velocity(self, x_visual, mel, cond, t, lengths=None):
+    """Stage 2: the visual velocity given the clean normalised mel (and participant)."""
+    visual_cond = mel
+    if self.participant_dim:
+      visual_cond = jnp.concatenate([mel, cond[..., -self.participant_dim:]], -1)
+    return self.visual(x_visual, visual_cond, t, lengths)
 
-_PER_LAYER = ("block_v", "block_a", "fusion")
-
-
-def is_stacked(params) -> bool:
-  """Whether AV params are in the scanned layout (one "layers" entry of stacked leaves)."""
-  return SCAN_NAME in params
+  def __call__(self, x_visual, x_audio, cond, t, lengths=None, audio_cond=None):
+    if audio_cond is None:
+      raise ValueError("the cascaded variant's visual stage needs audio_cond (the clean mel)")
+    return (self.visual_velocity(x_visual, audio_cond, cond, t, lengths),
+            self.audio_velocity(x_audio, cond, t, lengths))
 
 
-def stack_layers(params: dict) -> dict:
-  """Per-layer AV params (block_v_{i}, block_a_{i}, fusion_{i}) -> the `scan_layers` layout.
+def is_cascaded(model) -> bool:
+  """Whether `model` samples in two stages (audio, then visual given the audio)."""
+  return isinstance(model, CascadedTransformer)
 
-  Works on host (numpy) or device trees; other entries are kept. Inverse: `unstack_layers`.
+
+def make_av_model(model_cfg, dims: av_config.AVDims) -> nn.Module:
+  """Builds the velocity network of `config.model.variant` from the config and stream widths.
+
+  `model.attention` "auto" is resolved here for the default device (`attention.
+  resolve_implementation`); knobs that old run configs lack take their old behaviour.
+
+  Raises:
+    ValueError: naming `config.model.variant` when it is not one of `VARIANTS`.
   """
-  n = sum(1 for k in params if k.startswith("block_v_"))
-  xp = np if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params)) else jnp
-  out = {k: v for k, v in params.items()
-         if not any(k == f"{name}_{i}" for name in _PER_LAYER for i in range(n))}
-  out[SCAN_NAME] = {name: jax.tree.map(lambda *xs: xp.stack(xs),
-                                       *[params[f"{name}_{i}"] for i in range(n)])
-                    for name in _PER_LAYER if f"{name}_0" in params}
-  return out
+  variant = av_config.variant_of(model_cfg)
+  if variant not in av_config.VARIANTS:
+    raise ValueError(f"config.model.variant: {variant!r} is not one of {av_config.VARIANTS}")
+  dtype = jnp.dtype(model_cfg.dtype)
+  impl = attention.resolve_implementation(model_cfg.get("attention", "blocked"), dtype,
+                                          model_cfg.d_model // model_cfg.num_heads)
+  kw = dict(visual_dim=dims.visual, audio_dim=dims.audio, d_model=model_cfg.d_model,
+            hidden_dim=model_cfg.hidden_dim, num_heads=model_cfg.num_heads,
+            windows=av_config.layer_windows(model_cfg.windows, model_cfg.num_layers),
+            attention_block=model_cfg.attention_block,
+            remat=av_config.remat_policy(model_cfg.get("remat", False)), dtype=dtype, attention=impl)
+  if variant == "av_flow":
+    return AVFlowTransformer(**kw, fusion=model_cfg.fusion,
+                                 scan_layers=bool(model_cfg.get("scan_layers", False)))
+  kw["windows"] = av_config.attention_windows(kw["windows"])
+  if variant == "separate":
+    return SeparateTransformer(**kw)
+  if variant == "shared":
+    return SharedTransformer(**kw)
+  return CascadedTransformer(**kw, participant_dim=dims.participant)
 
 
-def unstack_layers(params: dict) -> dict:
-  """The `scan_layers` layout -> per-layer AV params; inverse of `stack_layers`."""
-  out = {k: v for k, v in params.items() if k != SCAN_NAME}
-  stacked = params[SCAN_NAME]
-  n = jax.tree.leaves(stacked)[0].shape[0]
-  for name, tree in stacked.items():
-    for i in range(n):
-      out[f"{name}_{i}"] = jax.tree.map(lambda x, i=i: x[i], tree)
-  return out
-
-
-def to_layout(params: dict, scan_layers: bool) -> dict:
-  """AV params (or a tree shaped like them, e.g. Adam moments) in the layout a model uses."""
-  if scan_layers and not is_stacked(params):
-    return stack_layers(params)
-  if not scan_layers and is_stacked(params):
-    return unstack_layers(params)
-  return params
+def init_av_params(model: nn.Module, dims: av_config.AVDims, rng, frames: int = 16):
+  """Initial params (leaves boxed with their logical axis names) for `frames`-long inputs."""
+  z = lambda d: jnp.zeros((1, frames, d), jnp.float32)
+  extra = {"audio_cond": z(dims.audio)} if is_cascaded(model) else {}
+  return model.init(rng, z(dims.visual), z(dims.audio), z(dims.cond), jnp.zeros((1,)),
+                    **extra)["params"]

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 
 from avflow_jax.core import sharding
 from avflow_jax.models import attention
-from avflow_jax.models import av_variants
-from avflow_jax.models import dit
+from avflow_jax.models import av_config
 
 
 def _fail(field, msg):
@@ -109,9 +108,9 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
 
 
 def _validate_av_model(m) -> None:
-  variant = av_variants.variant_of(m)
-  if variant not in av_variants.VARIANTS:
-    _fail("model.variant", f"{variant!r}: use one of {av_variants.VARIANTS}")
+  variant = av_config.variant_of(m)
+  if variant not in av_config.VARIANTS:
+    _fail("model.variant", f"{variant!r}: use one of {av_config.VARIANTS}")
   for field in ("num_layers", "d_model", "hidden_dim", "num_heads", "attention_block"):
     if m[field] <= 0:
       _fail(f"model.{field}", f"{m[field]} must be positive")
@@ -120,7 +119,7 @@ def _validate_av_model(m) -> None:
   if (m.d_model // m.num_heads) % 2:
     _fail("model.num_heads", "the head dim must be even for rotary embeddings")
   try:
-    dit.layer_windows(m.windows, m.num_layers)
+    av_config.layer_windows(m.windows, m.num_layers)
   except ValueError as e:
     raise ValueError(str(e)) from None
   try:
@@ -133,7 +132,7 @@ def _validate_av_model(m) -> None:
   if impl not in ("auto",) + attention.IMPLEMENTATIONS:
     _fail("model.attention", f"{impl!r}: use 'auto' or one of {attention.IMPLEMENTATIONS}")
   try:
-    dit.remat_policy(m.get("remat", False))
+    av_config.remat_policy(m.get("remat", False))
   except ValueError as e:
     raise ValueError(str(e)) from None
   scan = m.get("scan_layers", False)
@@ -145,7 +144,7 @@ def _validate_av_model(m) -> None:
   if not m.get("fusion", True) and variant != "av_flow":
     _fail("model.fusion", f"False only applies to the av_flow variant ({variant!r} has no "
           "fusion layers); leave it True")
-  if scan and len(set(dit.layer_windows(m.windows, m.num_layers))) > 1:
+  if scan and len(set(av_config.layer_windows(m.windows, m.num_layers))) > 1:
     _fail("model.scan_layers", "a scanned layer needs the same model.windows for every layer "
           f"(got {m.windows}); set scan_layers=False for per-layer windows")
 

@@ -20,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from avflow_jax.core import run_dir
-from avflow_jax.models import dit
+from avflow_jax.models import layer_layout
 
 
 def _init_dir(config) -> Optional[str]:
@@ -126,9 +126,9 @@ def apply(config, state: dict, state_sharding: dict) -> dict:
   which = config.init.get("which", "params")
   what = f"config.init.workdir={init_dir}"
   step, params = run_dir.load_params(init_dir, which, what=what)
-  stacked = dit.is_stacked(state["params"])
-  converted = dit.is_stacked(params) != stacked
-  params = dit.to_layout(params, stacked)  # Either layer layout starts either model.
+  stacked = layer_layout.is_stacked(state["params"])
+  converted = layer_layout.is_stacked(params) != stacked
+  params = layer_layout.to_layout(params, stacked)  # Either layer layout starts either model.
   _check_same(what, params, state["params"])
   host = jax.device_get(params)
   put = lambda: jax.tree.map(jax.device_put, host, state_sharding["params"])

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from avflow_jax.core import checkpointing
 from avflow_jax.core import run_dir
 from avflow_jax.data import manifest as manifest_lib
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
 from avflow_jax.training import head_vae_recipe
@@ -55,9 +55,9 @@ def init_workdir(config, workdir: str, data_dir: str, seed: int = 0) -> str:
   rng_vae, rng_av = jax.random.split(jax.random.PRNGKey(seed))
   vae = head_vae_lib.from_config(vae_cfg, dims["head"])
   vae_params = jax.jit(vae.init)(rng_vae, jnp.zeros((1, 16, dims["head"])))["params"]
-  av_dims = dit.AVDims.from_data(dims, vae.latent_dim, config.data.participant)
-  model = av_variants.make_av_model(config.model, av_dims)
-  av_params = nn.unbox(jax.jit(lambda r: av_variants.init_av_params(model, av_dims, r))(rng_av))
+  av_dims = av_config.AVDims.from_data(dims, vae.latent_dim, config.data.participant)
+  model = dit.make_av_model(config.model, av_dims)
+  av_params = nn.unbox(jax.jit(lambda r: dit.init_av_params(model, av_dims, r))(rng_av))
   _write_checkpoint(config.head_vae.workdir, vae_params)
   _write_checkpoint(workdir, av_params)
   return workdir

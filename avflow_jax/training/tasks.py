@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from avflow_jax.core import flow
 from avflow_jax.data import crops
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
 from avflow_jax.training import task as task_lib
@@ -49,15 +49,15 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
   """AV-Flow: flow matching on x1 = [face ; head latent (VAE mean)] and mel given tokens."""
   dims = manifest["dims"]
   face_dim = dims["face"]
-  av_dims = dit.AVDims.from_data(dims, vae_model.latent_dim, config.data.participant)
-  model = av_variants.make_av_model(config.model, av_dims)
+  av_dims = av_config.AVDims.from_data(dims, vae_model.latent_dim, config.data.participant)
+  model = dit.make_av_model(config.model, av_dims)
   crop = config.data.crop_frames
   weights = {"face": config.loss.face_weight, "head": config.loss.head_weight,
              "mel": config.loss.mel_weight}
   sigma_min = config.loss.sigma_min
 
   def init(rng):
-    return av_variants.init_av_params(model, av_dims, rng, crop)
+    return dit.init_av_params(model, av_dims, rng, crop)
 
   def loss_fn(params, batch, rng, train=True):
     del train
@@ -80,7 +80,7 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
     xt_a = flow.interpolate(x0_a, x1_a, t, sigma_min)
     lengths = valid.sum(-1).astype(jnp.int32)
     # The cascaded variant's visual stage is conditioned on the clean mel (teacher forcing).
-    extra = {"audio_cond": x1_a} if av_variants.is_cascaded(model) else {}
+    extra = {"audio_cond": x1_a} if dit.is_cascaded(model) else {}
     v_v, v_a = model.apply({"params": params}, xt_v, xt_a, cond, t, lengths, **extra)
     u_v = flow.velocity_target(x0_v, x1_v, sigma_min)
     u_a = flow.velocity_target(x0_a, x1_a, sigma_min)

@@ -11,7 +11,7 @@ from avflow_jax.core import sharding
 from avflow_jax.core import torch_reader
 from avflow_jax.core import torch_writer
 from avflow_jax.inference import official_import
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.training import init_from
 from avflow_jax.training import loop
@@ -88,9 +88,9 @@ def test_adam_moments_come_from_the_official_file(tmp_path):
   run = _import(tmp_path, path, adam=True)
 
   config = _config(**{"init.workdir": run, "init.adam_moments": True})
-  dims = dit.AVDims(face=256, head_latent=8, audio=80, cond=29)
-  model = av_variants.make_av_model(config.model, dims)
-  task = task_lib.Task("av", lambda r: av_variants.init_av_params(model, dims, r), None, None, 48)
+  dims = av_config.AVDims(face=256, head_latent=8, audio=80, cond=29)
+  model = dit.make_av_model(config.model, dims)
+  task = task_lib.Task("av", lambda r: dit.init_av_params(model, dims, r), None, None, 48)
   tx, _ = optim.make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
   init_fn, state_sharding, _ = loop.make_train_state(task, tx, mesh, jax.random.PRNGKey(0),

@@ -9,8 +9,11 @@ import jax
 import numpy as np
 import pytest
 
+from avflow_jax import paper_table as paper_table_cmd
 from avflow_jax.core import run_dir
 from avflow_jax.evaluation import paper_table
+from avflow_jax.evaluation import scoring
+from avflow_jax.evaluation import text_scoring
 from avflow_jax.training import random_init
 from data_prep import synthetic
 
@@ -37,7 +40,9 @@ def _main(runs, out, *extra):
       "--output", str(out), "--max-seconds", "1.5", "--no-wer", "--timed-seconds", "1",
       *extra]
   logs = []
-  table = paper_table.build_table(paper_table.make_parser().parse_args(argv), log=logs.append)
+  table = paper_table.build_table(paper_table.make_parser().parse_args(argv), log=logs.append,
+                                  evaluate=scoring.evaluate,
+                                  evaluate_text=text_scoring.evaluate_text)
   return table, logs
 
 
@@ -97,7 +102,7 @@ def test_rerun_reuses_finished_evaluations(runs):
 def test_bad_arguments_exit_2_with_one_line(runs, tmp_path, capsys, argv, message):
   workdirs, _ = runs
   argv = [a.format(run=workdirs["av_flow"]) for a in argv] + ["--output", str(tmp_path / "t")]
-  assert paper_table.main(argv) == 2
+  assert paper_table_cmd.main(argv) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and message in err[0], err
   assert not os.path.exists(tmp_path / "t" / "table.md")

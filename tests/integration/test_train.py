@@ -10,7 +10,7 @@ import pytest
 from avflow_jax.core import checkpointing
 from avflow_jax.core import sharding
 from avflow_jax.data import manifest as manifest_lib
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import head_vae as head_vae_lib
 from avflow_jax.training import loop
 from avflow_jax.training import tasks
@@ -66,7 +66,7 @@ def test_one_step_same_loss_on_meshes_8x1_and_4x2(tiny_shards):
   assert kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 2
 
 
-@pytest.mark.parametrize("variant", av_variants.VARIANTS)
+@pytest.mark.parametrize("variant", av_config.VARIANTS)
 def test_tiny_model_overfits_one_batch(tiny_shards, variant):
   config = tiny.get_config()
   config.model.variant = variant

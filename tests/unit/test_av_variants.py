@@ -8,25 +8,25 @@ import numpy as np
 import pytest
 
 from avflow_jax.inference import sampling
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae as head_vae_lib
 from avflow_jax.training import config_validation
 from configs import tiny
 
 D, H, L = 32, 64, 2
-DIMS = dit.AVDims(face=10, head_latent=4, audio=6, cond=5, participant=2)
+DIMS = av_config.AVDims(face=10, head_latent=4, audio=6, cond=5, participant=2)
 
 
 def _model(variant):
   c = tiny.get_config().model
   c.variant = variant
   c.num_layers, c.d_model, c.hidden_dim, c.num_heads = L, D, H, 2
-  return av_variants.make_av_model(c, DIMS)
+  return dit.make_av_model(c, DIMS)
 
 
 def _params(model):
-  return nn.unbox(av_variants.init_av_params(model, DIMS, jax.random.PRNGKey(0)))
+  return nn.unbox(dit.init_av_params(model, DIMS, jax.random.PRNGKey(0)))
 
 
 def _count(tree):
@@ -70,7 +70,7 @@ def _inputs(seed=0):
 
 
 def _apply(model, params, xv, xa, cond, t, mel):
-  extra = {"audio_cond": mel} if av_variants.is_cascaded(model) else {}
+  extra = {"audio_cond": mel} if dit.is_cascaded(model) else {}
   # Non-zero adaLN gates, so every block passes its inputs on (zero-init blocks are identities).
   params = jax.tree.map(lambda p: p + 0.05, params)
   return model.apply({"params": params}, xv, xa, cond, t, **extra)
@@ -107,12 +107,12 @@ def test_cascaded_visual_stage_sees_mel_and_participant_not_tokens():
 
 
 def test_cascaded_sampling_conditions_the_visual_stage_on_its_own_mel():
-  dims = dit.AVDims(face=10, head_latent=8, audio=6, cond=5)
+  dims = av_config.AVDims(face=10, head_latent=8, audio=6, cond=5)
   c = tiny.get_config().model
   c.variant, c.num_layers, c.d_model, c.hidden_dim, c.num_heads = "cascaded", L, D, H, 2
-  model = av_variants.make_av_model(c, dims)
+  model = dit.make_av_model(c, dims)
   params = jax.tree.map(lambda p: p + 0.05,
-                        nn.unbox(av_variants.init_av_params(model, dims, jax.random.PRNGKey(0))))
+                        nn.unbox(dit.init_av_params(model, dims, jax.random.PRNGKey(0))))
   vae = head_vae_lib.HeadVAE(input_dim=7, ff_dim=32)
   vae_params = vae.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 7)))["params"]
   stats = {k: (jnp.zeros(n), jnp.ones(n)) for k, n in

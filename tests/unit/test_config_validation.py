@@ -6,7 +6,7 @@ import os
 import pytest
 
 from avflow_jax.core import checkpointing
-from avflow_jax.models import dit
+from avflow_jax.models import av_config
 from avflow_jax.training import config_validation
 from configs import tiny
 
@@ -55,8 +55,8 @@ def test_bad_windows_name_the_field(windows, message):
 
 
 def test_layer_windows_one_pair_or_one_per_layer():
-  assert dit.layer_windows((4, 2), 3) == ((4, 2),) * 3
-  assert dit.layer_windows([[1, 0], [2, -1]], 2) == ((1, 0), (2, -1))
+  assert av_config.layer_windows((4, 2), 3) == ((4, 2),) * 3
+  assert av_config.layer_windows([[1, 0], [2, -1]], 2) == ((1, 0), (2, -1))
 
 
 @pytest.mark.parametrize("keep", [0, -1])

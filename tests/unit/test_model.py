@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from avflow_jax.models import attention
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config  # pylint: disable=g-import-not-at-top
 from avflow_jax.models import dit
 from configs import base
 
@@ -19,8 +19,8 @@ def _init_shapes(model, t=16, cond=29):
 
 
 def test_base_parameter_count_equals_official():
-  model = av_variants.make_av_model(
-      base.get_config().model, dit.AVDims(face=256, head_latent=8, audio=80, cond=29))
+  model = dit.make_av_model(
+      base.get_config().model, av_config.AVDims(face=256, head_latent=8, audio=80, cond=29))
   n = sum(x.size for x in jax.tree.leaves(nn.unbox(_init_shapes(model))))
   assert n == 67_935_576
 

@@ -9,12 +9,13 @@ import pytest
 
 from avflow_jax.core import flow
 from avflow_jax.models import attention
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
+from avflow_jax.models import layer_layout
 from avflow_jax.training import config_validation
 from configs import tiny
 
-DIMS = dit.AVDims(face=12, head_latent=4, audio=10, cond=7)
+DIMS = av_config.AVDims(face=12, head_latent=4, audio=10, cond=7)
 pytestmark = pytest.mark.usefixtures("fast_compile")  # Many small programs: compile >> run.
 
 
@@ -39,8 +40,8 @@ def inputs():
 @pytest.fixture(scope="module")
 def params():
   """Per-layer params with every leaf random: adaLN-zero's zero gates would hide the blocks."""
-  model = av_variants.make_av_model(_cfg(), DIMS)
-  shapes = nn.unbox(jax.eval_shape(lambda: av_variants.init_av_params(model, DIMS,
+  model = dit.make_av_model(_cfg(), DIMS)
+  shapes = nn.unbox(jax.eval_shape(lambda: dit.init_av_params(model, DIMS,
                                                               jax.random.PRNGKey(0))))
   leaves, treedef = jax.tree.flatten(shapes)
   rng = np.random.default_rng(1)
@@ -49,12 +50,12 @@ def params():
 
 
 def _outputs(cfg, params, inputs):
-  model = av_variants.make_av_model(cfg, DIMS)
+  model = dit.make_av_model(cfg, DIMS)
   return jax.jit(lambda p, x: model.apply({"params": p}, *x))(params, inputs)
 
 
 def _grads(cfg, params, inputs):
-  model = av_variants.make_av_model(cfg, DIMS)
+  model = dit.make_av_model(cfg, DIMS)
   loss = lambda p, x: sum(jnp.mean(o ** 2) for o in model.apply({"params": p}, *x))
   return jax.jit(jax.grad(loss))(params, inputs)
 
@@ -104,27 +105,27 @@ def test_the_cudnn_probe_says_no_where_the_kernel_cannot_compile():
 
 
 def test_scanned_layers_equal_the_unrolled_model(params, inputs):
-  stacked = dit.stack_layers(params)
-  scanned = av_variants.make_av_model(_cfg(scan_layers=True), DIMS)
-  shapes = nn.unbox(jax.eval_shape(lambda: av_variants.init_av_params(scanned, DIMS,
+  stacked = layer_layout.stack_layers(params)
+  scanned = dit.make_av_model(_cfg(scan_layers=True), DIMS)
+  shapes = nn.unbox(jax.eval_shape(lambda: dit.init_av_params(scanned, DIMS,
                                                               jax.random.PRNGKey(0))))
   # The converter gives exactly the scanned model's tree, leaf shapes included.
   assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, stacked)
   assert set(stacked) == {"input_proj_v", "input_proj_a", "time_embed", "out_v", "out_a",
-                          dit.SCAN_NAME}
+                          layer_layout.SCAN_NAME}
   assert _rel_err(_outputs(_cfg(), params, inputs),
                   _outputs(_cfg(scan_layers=True), stacked, inputs)) < 1e-5
-  got = dit.unstack_layers(_grads(_cfg(scan_layers=True), stacked, inputs))
+  got = layer_layout.unstack_layers(_grads(_cfg(scan_layers=True), stacked, inputs))
   assert _rel_err(_grads(_cfg(), params, inputs), got) < 1e-5
-  back = dit.unstack_layers(stacked)
+  back = layer_layout.unstack_layers(stacked)
   assert jax.tree.structure(back) == jax.tree.structure(params)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back),
                                                   jax.tree.leaves(params)))
-  assert dit.to_layout(params, True).keys() == stacked.keys()
-  assert dit.to_layout(stacked, False).keys() == params.keys()
+  assert layer_layout.to_layout(params, True).keys() == stacked.keys()
+  assert layer_layout.to_layout(stacked, False).keys() == params.keys()
   # The scanned params carry a "layers" logical axis, which the mesh rules leave unsharded.
-  boxed = av_variants.init_av_params(scanned, DIMS, jax.random.PRNGKey(0))
-  names = boxed[dit.SCAN_NAME]["fusion"]["kernel"].names
+  boxed = dit.init_av_params(scanned, DIMS, jax.random.PRNGKey(0))
+  names = boxed[layer_layout.SCAN_NAME]["fusion"]["kernel"].names
   assert names == ("layers", "embed", "fusion")
 
 
@@ -132,8 +133,8 @@ def test_scanned_layers_equal_the_unrolled_model(params, inputs):
 def test_remat_policies_keep_the_gradients(params, inputs, policy):
   want = _grads(_cfg(), params, inputs)
   assert _rel_err(want, _grads(_cfg(remat=policy), params, inputs)) < 1e-5
-  got = _grads(_cfg(remat=policy, scan_layers=True), dit.stack_layers(params), inputs)
-  assert _rel_err(want, dit.unstack_layers(got)) < 1e-5
+  got = _grads(_cfg(remat=policy, scan_layers=True), layer_layout.stack_layers(params), inputs)
+  assert _rel_err(want, layer_layout.unstack_layers(got)) < 1e-5
 
 
 def test_bf16_compute_keeps_float32_params_and_a_close_loss(params, inputs):
@@ -142,7 +143,7 @@ def test_bf16_compute_keeps_float32_params_and_a_close_loss(params, inputs):
   noise_v, noise_a = rng.normal(size=xv.shape), rng.normal(size=xa.shape)
 
   def loss(dtype):
-    model = av_variants.make_av_model(_cfg(dtype=dtype), DIMS)
+    model = dit.make_av_model(_cfg(dtype=dtype), DIMS)
     tt = t[:, None, None]
     zv, za = flow.interpolate(noise_v, xv, tt), flow.interpolate(noise_a, xa, tt)
     pv, pa = model.apply({"params": params}, zv, za, cond, t, lengths)
@@ -202,7 +203,7 @@ def test_scanned_bf16_remat_model_trains_on_an_fsdp_mesh(tiny_shards):
   rows = rows_lib.process_rows(config.batch_size, sharding.batch_sharding(mesh))
   it = iter(task.make_dataset("train", 0, rows))
   state = init_fn(jax.random.PRNGKey(0))
-  kernel = state["params"][dit.SCAN_NAME]["block_v"]["ff"]["fc1"]["kernel"]
+  kernel = state["params"][layer_layout.SCAN_NAME]["block_v"]["ff"]["fc1"]["kernel"]
   assert kernel.shape == (2, 32, 64) and kernel.dtype == jnp.float32
   assert kernel.sharding.spec[1] == "fsdp"  # The stacked kernels are split on d_model.
   for _ in range(2):
@@ -220,7 +221,7 @@ def test_a_scanned_run_samples_and_exports_the_official_layout(tiny_shards, tmp_
   config.model.scan_layers = True
   workdir = random_init.init_workdir(config, str(tmp_path / "scanned"), tiny_shards)
   _, stacked = run_dir.load_params(workdir, "ema")
-  assert dit.is_stacked(stacked)
+  assert layer_layout.is_stacked(stacked)
   tokens = np.random.default_rng(0).normal(size=(40, 29)).astype(np.float32)
   scanned = api.Avatar.load(workdir).sample_motion(tokens, seed=3)
   # The same weights read by an unrolled model (the run's config edited) sample the same.
@@ -230,5 +231,5 @@ def test_a_scanned_run_samples_and_exports_the_official_layout(tiny_shards, tmp_
   unrolled = api.Avatar.load(workdir).sample_motion(tokens, seed=3)
   for k in scanned:
     np.testing.assert_allclose(scanned[k], unrolled[k], atol=1e-5)
-  state = official_keys.official_from_av_params(dit.to_layout(jax.device_get(stacked), False))
+  state = official_keys.official_from_av_params(layer_layout.to_layout(jax.device_get(stacked), False))
   assert "diffusion_module.fusion.1.weight" in state

@@ -7,7 +7,7 @@ import numpy as np
 from avflow_jax.core import sharding
 from avflow_jax.data import manifest as manifest_lib
 from avflow_jax.inference import sampling
-from avflow_jax.models import av_variants
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae
 from configs import tiny
@@ -15,8 +15,8 @@ from configs import tiny
 
 def _setup(tiny_shards):
   manifest = manifest_lib.load_manifest(tiny_shards)
-  model = av_variants.make_av_model(
-      tiny.get_config().model, dit.AVDims(face=256, head_latent=8, audio=80, cond=29))
+  model = dit.make_av_model(
+      tiny.get_config().model, av_config.AVDims(face=256, head_latent=8, audio=80, cond=29))
   vae = head_vae.HeadVAE(input_dim=7, ff_dim=32)
   t = 40
   av_params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, t, 264)), jnp.zeros((1, t, 80)),
