@@ -72,3 +72,21 @@ def euler_integrate(velocity_fn, x0: jax.Array, num_steps: int) -> jax.Array:
     return x + dt * velocity_fn(x, t)
 
   return jax.lax.fori_loop(0, num_steps, body, x0)
+
+
+def frame_noise(rng: jax.Array, start, count: int, dim: int) -> jax.Array:
+  """(count, dim) N(0, I) noise of frames start .. start + count - 1 of one sequence.
+
+  Frame i is drawn from `fold_in(rng, i)` alone, so the noise of a frame depends only on the
+  key and its index: a stream that draws it chunk by chunk, a padded batch and a whole clip all
+  see the same numbers.
+  """
+  frames = jnp.arange(count, dtype=jnp.uint32) + jnp.asarray(start, jnp.uint32)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), (dim,),
+                                              jnp.float32))(frames)
+
+
+def initial_noise(rng: jax.Array, batch: int, frames: int, dim: int) -> jax.Array:
+  """(batch, frames, dim) sampler noise: element b is `frame_noise(fold_in(rng, b), 0, ...)`."""
+  return jax.vmap(lambda b: frame_noise(jax.random.fold_in(rng, b), 0, frames, dim))(
+      jnp.arange(batch, dtype=jnp.uint32))

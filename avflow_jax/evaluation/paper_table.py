@@ -23,11 +23,14 @@ and protocol is reused, so an interrupted table goes on where it stopped.
 """
 
 import argparse
+from concurrent import futures
 import functools
 import json
+import multiprocessing
 import os
 import platform
 import re
+import sys
 import time
 from typing import Any, Optional
 
@@ -36,6 +39,7 @@ import numpy as np
 from avflow_jax.core import cli
 from avflow_jax.core import constants as C
 from avflow_jax.core import files
+from avflow_jax.core import metric_writer
 from avflow_jax.core import run_dir
 from avflow_jax.core.errors import InputError
 from avflow_jax.evaluation import av_metrics
@@ -48,6 +52,7 @@ COLUMNS = ("F1_lips", "FDe", "Div_h", "Div_e", "BC_h", "BC_e", "MCD", "WER", "Ji
 SEED_STRIDE = 1000  # Seed k scores clip i with noise seed SEED_STRIDE k + i.
 TIMED_SECONDS = 20.0  # Table 2: the time of one sample of this length.
 TIMED_REPEATS = 3
+NOISE = "frame"  # Initial noise drawn per frame (flow.frame_noise); older reports are not reused.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -70,6 +75,9 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--timed-seconds", type=float, default=TIMED_SECONDS,
                  help="length of the timed sample (default 20 s, the paper's Table 2)")
   p.add_argument("--no-timing", action="store_true", help="skip the sampling time")
+  p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                 help="evaluations run at once, each in its own process (default: 2, or 1 on "
+                      "one core); the timing always runs alone, after them")
   p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
   return p
 
@@ -108,6 +116,8 @@ def check_arguments(args) -> None:
     raise InputError(f"--max-seconds {args.max_seconds}: must be a finite number >= 0")
   if args.steps < 1:
     raise InputError(f"--steps {args.steps}: must be >= 1")
+  if args.jobs < 1:
+    raise InputError(f"--jobs {args.jobs}: must be >= 1")
   if args.vocoder_weights and not os.path.isfile(args.vocoder_weights):
     raise InputError(f"--vocoder-weights {args.vocoder_weights}: file missing")
   if not np.isfinite(args.timed_seconds) or args.timed_seconds <= 0:
@@ -122,7 +132,7 @@ def _protocol(args, seed: int) -> dict:
   """What makes two evaluations of one checkpoint the same measurement."""
   return {"split": args.split, "max_clips": args.max_clips, "max_seconds": args.max_seconds,
           "num_steps": args.steps, "seed": seed, "vocoder_weights": args.vocoder_weights,
-          "wer": not args.no_wer}
+          "wer": not args.no_wer, "noise": NOISE}
 
 
 def _reusable(path: str, step: int, protocol: dict) -> Optional[dict]:
@@ -137,11 +147,15 @@ def _reusable(path: str, step: int, protocol: dict) -> Optional[dict]:
   return report
 
 
+def _report_path(out_dir: str, name: str, seed: int) -> str:
+  return os.path.join(out_dir, name, f"seed{seed}", "report.json")
+
+
 def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_dir: str,
                        reference: bool, log) -> dict:
   """`evaluate` (`scoring.evaluate`) of one run and seed (reused when its report is there)."""
   step = run_dir.latest_step(workdir)
-  output = os.path.join(out_dir, name, f"seed{seed}", "report.json")
+  output = _report_path(out_dir, name, seed)
   protocol = {**_protocol(args, seed), "reference_wer": reference}
   report = _reusable(output, step, protocol)
   if report is not None:
@@ -159,6 +173,38 @@ def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_d
   report.pop("output", None)
   files.write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
   return report
+
+
+def _stderr_log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def _score_in_worker(evaluate, name, workdir, seed, args, out_dir, reference) -> dict:
+  """`score_token_driven` in a pool process, its library logs as quiet as the command's."""
+  with metric_writer.quiet_cli_logs(args.verbose):
+    return score_token_driven(evaluate, name, workdir, seed, args, out_dir, reference,
+                              _stderr_log)
+
+
+def score_all_token_driven(evaluate, runs, seeds, args, out_dir: str, log) -> dict:
+  """Every (run, seed) evaluation: {(name, seed): report}; the first also scores the reference
+  rows. Up to `--jobs` run at once, each in a fresh (spawned) process: recognition and the
+  vocoder are single-threaded, so two cores score two clips' worth at a time."""
+  jobs = [(name, workdir, seed) for name, workdir in runs for seed in seeds]
+  reports = {}
+  if args.jobs <= 1:
+    for i, (name, workdir, seed) in enumerate(jobs):
+      reports[(name, seed)] = score_token_driven(evaluate, name, workdir, seed, args, out_dir,
+                                                 reference=i == 0, log=log)
+    return reports
+  with futures.ProcessPoolExecutor(
+      args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pending = {pool.submit(_score_in_worker, evaluate, name, workdir, seed, args, out_dir,
+                           i == 0): (name, seed)
+               for i, (name, workdir, seed) in enumerate(jobs)}
+    for done in futures.as_completed(pending):
+      reports[pending[done]] = done.result()  # A worker's error is raised here, as is.
+  return reports
 
 
 def score_text_driven(evaluate_text, name: str, workdir: str, seed: int, args, out_dir: str,
@@ -361,15 +407,15 @@ def build_table(args, log=print, *, evaluate, evaluate_text) -> dict[str, Any]:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
     raise InputError(f"--output {out_dir}: cannot create it ({e.strerror})") from e
+
   start = time.perf_counter()
-  rows, text_rows, first = [], [], None
+  rows, text_rows = [], []
+  summaries = {name: run_summary(workdir) for name, workdir in runs}  # Bad runs fail first.
+  by_job = score_all_token_driven(evaluate, runs, seeds, args, out_dir, log)
+  first = by_job[(runs[0][0], seeds[0])]
   for name, workdir in runs:
-    summary = run_summary(workdir)
-    reports = []
-    for seed in seeds:
-      reports.append(score_token_driven(evaluate, name, workdir, seed, args, out_dir,
-                                        reference=first is None, log=log))
-      first = first or reports[0]
+    summary = summaries[name]
+    reports = [by_job[(name, seed)] for seed in seeds]
     row = {"name": name, "workdir": workdir, **summary,
            "metrics": {k: mean_std([r["metrics"].get(k) for r in reports])
                        for k in av_metrics.METRIC_KEYS}}

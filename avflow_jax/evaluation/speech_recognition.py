@@ -49,7 +49,8 @@ def normalise(text: str) -> str:
 
 
 class Recognizer:
-  """PocketSphinx with its built-in US-English models, one decoder reused for every utterance."""
+  """PocketSphinx with its built-in US-English models, one decoder reused for every utterance
+  (its feature front end reset before each, so every transcript is independent of the others)."""
 
   def __init__(self):
     reason = unavailable_reason()
@@ -66,6 +67,9 @@ class Recognizer:
       audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=RECOGNISER_RATE)
     audio = audio + DITHER * np.random.default_rng(0).standard_normal(audio.shape[0])
     pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    # The front end adapts (its cepstral mean) across utterances: without a reset a transcript
+    # would depend on what was recognised before it (the recordings' WER on the samples').
+    self._decoder.reinit_feat()
     self._decoder.start_utt()
     self._decoder.process_raw(pcm, full_utt=True)
     self._decoder.end_utt()

@@ -8,11 +8,9 @@
 Inputs are padded to a length bucket (by default a multiple of 256 frames, ~3 s) and the
 sampler is told the true lengths, so every length in a bucket reuses one compiled program and
 the padding never reaches the real frames: attention (the AV model's and the head VAE's) masks
-padded keys and every other layer is per-frame. For a single sequence the noise of the first T
-frames does not depend on the padded length either (JAX's partitionable threefry draws element i
-of a (1, T, D) array from counter i; `_noise_is_prefix_stable`), so the result is the same in
-every bucket and equals an unpadded call with the same seed. Batched calls are deterministic for
-a seed, but their noise depends on the bucket.
+padded keys and every other layer is per-frame. The noise of a frame depends only on the seed,
+the batch element and the frame's index (`flow.frame_noise`), so the result is the same in every
+bucket, batched or not, and equals an unpadded call (and a stream) with the same seed.
 
 Sampling memory grows linearly with length; an input longer than the avatar's `max_seconds`
 (20 minutes by default, `buckets.DEFAULT_MAX_SECONDS`) is refused before anything is computed.
@@ -54,15 +52,6 @@ def resample_to_fps(x: np.ndarray, fps: float = VIDEO_FPS, num_out: Optional[int
   x = np.asarray(x)
   n = frames_at_fps(x.shape[0], fps) if num_out is None else num_out
   return align.resample_stream(x, C.FRAME_RATE, n, dst_rate=fps)
-
-
-def _unit_quaternions(head: np.ndarray) -> np.ndarray:
-  """Re-normalises the quaternion part of 7-d poses (linear interpolation shrinks it)."""
-  if head.shape[-1] != 7:
-    return head
-  q = head[..., :4]
-  n = np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-8)
-  return np.concatenate([q / n, head[..., 4:]], -1).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("num_steps",))
@@ -291,11 +280,11 @@ class Avatar:
 
   def motion_outputs(self, mel, face, head) -> dict[str, np.ndarray]:
     """One sample's mel-rate streams + the same motion at 30 fps (+ rig channels if any)."""
-    head = _unit_quaternions(np.asarray(head, np.float32))
+    head = sampling.unit_quaternions(np.asarray(head, np.float32))
     n30 = frames_at_fps(mel.shape[0])
     out = {"mel": mel, "face": face, "head": head,
            "face_30fps": resample_to_fps(face, num_out=n30),
-           "head_30fps": _unit_quaternions(resample_to_fps(head, num_out=n30))}
+           "head_30fps": sampling.unit_quaternions(resample_to_fps(head, num_out=n30))}
     if self.face_rig is not None:
       out["rig"] = self.face_rig.decode(face, clip=True)
       out["rig_30fps"] = self.face_rig.decode(out["face_30fps"], clip=True)
@@ -422,11 +411,3 @@ def tokens_from_audio(wav, sr: int, asr_model, official: bool = False) -> np.nda
   if official:
     return align.official_token_upsample(tok)
   return align.resample_stream(tok, align.stretched_rate(tok.shape[0], seconds), t)
-
-
-def _noise_is_prefix_stable() -> bool:
-  """True when jax.random.normal(k, (1, T, D))[:, :t] does not depend on T (threefry mode)."""
-  k = jax.random.PRNGKey(0)
-  a = jax.random.normal(k, (1, 5, 3))
-  b = jax.random.normal(k, (1, 7, 3))
-  return bool(np.array_equal(np.asarray(a), np.asarray(b)[:, :5]))

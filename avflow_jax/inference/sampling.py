@@ -10,6 +10,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from avflow_jax.core import flow
 from avflow_jax.models import dit
@@ -20,9 +21,23 @@ def _norm(x, stats, name):
   return (x - mean) / std
 
 
-def _denorm(x, stats, name):
+def denormalise(x, stats, name):
+  """`x` from the network's normalised units back to data units of stream `name`."""
   mean, std = stats[name]
   return x * std + mean
+
+
+def unit_quaternions(head):
+  """7-d head poses (quaternion + translation) with a unit quaternion; other widths as given.
+
+  numpy in, numpy out (no dispatch or compile); a jax array (or tracer) stays one.
+  """
+  if head.shape[-1] != 7:
+    return head
+  xp = np if isinstance(head, np.ndarray) else jnp
+  q = head[..., :4]
+  n = xp.maximum(xp.linalg.norm(q, axis=-1, keepdims=True), 1e-8)
+  return xp.concatenate([q / n, head[..., 4:]], -1).astype(head.dtype)
 
 
 def condition(stats, tokens, participant=None):
@@ -65,7 +80,9 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
     head_vae: the HeadVAE module (static).
     params: {"av": AV params, "head_vae": VAE params, "stats": {stream: (mean, std)}}.
     tokens: (B, T, 29) raw ASR token logits on the mel frame grid.
-    rng: PRNG key; the same key gives the same sample.
+    rng: PRNG key; the same key gives the same sample. Batch element b's frame i starts from
+      `flow.frame_noise(fold_in(rng, b), i, 1, .)`, whatever the padded length (the streaming
+      sampler draws the same numbers).
     num_steps: Euler steps (static; 8 by default, as in the paper).
     participant: optional (B, T, 87) raw participant features (dyadic models).
     lengths: optional (B,) valid frames (for batches padded to a common length).
@@ -83,7 +100,7 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
   b, t = cond.shape[:2]
   vis, aud = av_model.visual_dim, av_model.audio_dim
   if x0 is None:
-    x0 = temperature * jax.random.normal(rng, (b, t, vis + aud), jnp.float32)
+    x0 = temperature * flow.initial_noise(rng, b, t, vis + aud)
   elif x0.shape != (b, t, vis + aud):
     raise ValueError(f"x0 has shape {x0.shape}, the sampler needs {(b, t, vis + aud)}")
 
@@ -104,13 +121,10 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
   frame_mask = None if lengths is None else jnp.arange(t)[None, :] < lengths[:, None]
   head_n = head_vae.apply({"params": params["head_vae"]}, x1[..., face_dim:vis], frame_mask,
                           method=head_vae.decode)
-  head = _denorm(head_n, stats, "head")
-  if head.shape[-1] == 7:  # Quaternion + translation: return a unit quaternion.
-    q = head[..., :4]
-    head = jnp.concatenate([q / jnp.linalg.norm(q, axis=-1, keepdims=True), head[..., 4:]], -1)
+  head = unit_quaternions(denormalise(head_n, stats, "head"))
   return {
-      "mel": _denorm(x1[..., vis:], stats, "mel"),
-      "face": _denorm(x1[..., :face_dim], stats, "face"),
+      "mel": denormalise(x1[..., vis:], stats, "mel"),
+      "face": denormalise(x1[..., :face_dim], stats, "face"),
       "head": head,
       "head_latent": x1[..., face_dim:vis],
   }

@@ -119,7 +119,6 @@ def test_same_bucket_does_not_recompile(avatar):
 
 
 def test_padding_is_inert_and_matches_unpadded_call(avatar):
-  assert api._noise_is_prefix_stable()  # pylint: disable=protected-access
   t = 100
   tok = _tokens(t, seed=5)
   padded = avatar.sample_motion(tok, seed=3)  # Padded to 256 frames.

@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 def _main(runs, out, *extra):
   argv = ["--runs"] + [f"{k}={v}" for k, v in runs.items()] + [
       "--output", str(out), "--max-seconds", "1.5", "--no-wer", "--timed-seconds", "1",
-      *extra]
+      "--jobs", "1", *extra]
   logs = []
   table = paper_table.build_table(paper_table.make_parser().parse_args(argv), log=logs.append,
                                   evaluate=scoring.evaluate,
@@ -86,10 +86,18 @@ def test_rerun_reuses_finished_evaluations(runs):
   again, logs = _main({"av_flow": workdirs["av_flow"]}, out, "--seeds", "0", "--no-timing")
   assert any("reusing" in line for line in logs)
   assert again["rows"][2]["metrics"] == first["rows"][2]["metrics"]
-  # Another protocol (here more Euler steps) is measured anew, not reused.
-  _, logs = _main({"av_flow": workdirs["av_flow"]}, out, "--seeds", "0", "--no-timing",
-                  "--steps", "2")
+  # Another protocol (here fewer Euler steps) is measured anew, not reused; two jobs at once
+  # (each in its own process) give the same numbers as one.
+  two, logs = _main({"av_flow": workdirs["av_flow"]}, out, "--seeds", "0,1", "--no-timing",
+                    "--steps", "2", "--jobs", "2")
   assert not any("reusing" in line for line in logs)
+  one, _ = _main({"av_flow": workdirs["av_flow"]}, root / "rerun_one", "--seeds", "0,1",
+                 "--no-timing", "--steps", "2")
+  for k, stat in one["rows"][2]["metrics"].items():  # Workers compile with XLA's optimisations.
+    got = two["rows"][2]["metrics"][k]["values"]
+    assert got == (stat["values"] if None in stat["values"] else
+                   pytest.approx(stat["values"], rel=1e-5)), k
+
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -98,6 +106,7 @@ def test_rerun_reuses_finished_evaluations(runs):
     (["--runs", "a={run}", "a={run}"], "given twice"),
     (["--runs", "a={run}", "--seeds", "0,x"], "--seeds"),
     (["--runs", "a={run}", "--max-seconds", "nan"], "--max-seconds"),
+    (["--runs", "a={run}", "--jobs", "0"], "--jobs"),
 ])
 def test_bad_arguments_exit_2_with_one_line(runs, tmp_path, capsys, argv, message):
   workdirs, _ = runs

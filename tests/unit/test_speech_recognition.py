@@ -57,3 +57,18 @@ def test_recogniser_understands_espeak_and_not_noise():
   assert sr.word_error_rate([text], [hyp]) <= 0.5, hyp
   noise = np.random.default_rng(0).normal(size=speech.shape[0]).astype(np.float32) * 0.1
   assert sr.word_error_rate([text], [rec.transcribe(noise, C.SAMPLE_RATE)]) >= 0.8
+
+
+def test_a_transcript_does_not_depend_on_the_utterances_before_it():
+  pytest.importorskip("pocketsphinx")
+  from avflow_jax.text import espeak  # pylint: disable=g-import-not-at-top
+  texts = ["Wait, you mean the bedroom or the small one?",
+           "Every morning the milkman came by the house.",
+           "Did you manage to book the tickets in the end?", "We talked for hours about books.",
+           "Look for hours about books you are the console.",
+           "And she comes to what the money is working."]
+  speech = [espeak.synthesize(t)[0].astype(np.float32) / 32768.0 for t in texts]
+  rec = sr.Recognizer()
+  forward = [rec.transcribe(s, C.SAMPLE_RATE) for s in speech]
+  # Without the front end's reset, two of these six came out otherwise in the other order.
+  assert [rec.transcribe(s, C.SAMPLE_RATE) for s in speech[::-1]][::-1] == forward

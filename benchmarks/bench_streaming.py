@@ -1,0 +1,115 @@
+r"""Streaming: real-time factor, look-ahead and time to first output, and how far the
+low-latency mode is from the offline sample.
+
+  python benchmarks/bench_streaming.py --workdir runs/demo --seconds 30
+  python benchmarks/bench_streaming.py --config configs/base.py --seconds 30 --lags exact
+
+Drives `StreamingSampler` with --seconds of the split's first clip's tokens (tiled; random
+tokens with --config, which writes a random-weight run first), pushed in --chunk-seconds
+pieces as a live source would, once per mode of --lags ("exact" = ΣR, or frames per step).
+Each mode runs once to compile, then is timed. Per mode: lookahead_s (the model's look-ahead),
+rtf (compute seconds per second of output, pushes and close), chunk_ms (median compute of one
+push), first_output_s (compute from the first push until the first output frames, with the
+look-ahead's worth of input pushed as fast as it arrives: what a listener waits for beyond the
+look-ahead itself), and max_abs_diff / mean_abs_diff of the mel against the offline sampler
+with the same seed (0 up to rounding in exact mode). Prints progress, then ONE JSON line.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from avflow_jax import api  # pylint: disable=g-import-not-at-top,wrong-import-position
+from avflow_jax.core import constants as C  # pylint: disable=wrong-import-position
+from avflow_jax.data import clips  # pylint: disable=wrong-import-position
+
+
+def _inputs(avatar, seconds: float, random_tokens: bool):
+  loaded = avatar.loaded
+  n = int(round(seconds * C.FRAME_RATE))
+  rng = np.random.default_rng(0)
+  if random_tokens:
+    tok = rng.normal(size=(n, C.TOKEN_DIM)).astype(np.float32)
+    part = (avatar.neutral_participant(n) if loaded.uses_participant else None)
+    return tok, part
+  shards, entries = clips.split_entries(loaded.data_dir, loaded.manifest, "val")
+  _, record = next(clips.iter_split_records(shards, entries[:1],
+                                            clips.page_frames(loaded.manifest)))
+  reps = -(-n // record["tokens"].shape[0])
+  tile = lambda x: np.tile(np.asarray(x, np.float32), (reps, 1))[:n]
+  return tile(record["tokens"]), (tile(record["participant"]) if loaded.uses_participant
+                                  else None)
+
+
+def _run(avatar, tok, part, chunk: int, lag, seed: int):
+  """One stream: (mel, per-push compute seconds, compute until the first output, sampler)."""
+  stream = api.StreamingSampler.for_avatar(avatar, seed=seed, lag_frames=lag)
+  mels, times, first = [], [], None
+  spent = 0.0
+  for i in range(0, len(tok), chunk):
+    t0 = time.perf_counter()
+    out = stream.push(tok[i:i + chunk], None if part is None else part[i:i + chunk])
+    dt = time.perf_counter() - t0
+    times.append(dt)
+    spent += dt
+    if first is None and len(out["mel"]):
+      first = spent
+    mels.append(out["mel"])
+  t0 = time.perf_counter()
+  mels.append(stream.close()["mel"])
+  times.append(time.perf_counter() - t0)
+  return np.concatenate(mels), times, first, stream
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  src = ap.add_mutually_exclusive_group(required=True)
+  src.add_argument("--workdir", help="a trained AV run")
+  src.add_argument("--config", help="an AV config: random weights at its size")
+  ap.add_argument("--seconds", type=float, default=30.0)
+  ap.add_argument("--chunk-seconds", type=float, default=0.5)
+  ap.add_argument("--lags", default="exact,4,1,0", help="modes: exact or frames per step")
+  args = ap.parse_args()
+  with tempfile.TemporaryDirectory() as root:
+    workdir = args.workdir
+    if args.config:
+      import bench_sample  # pylint: disable=g-import-not-at-top
+      from avflow_jax.training import random_init  # pylint: disable=g-import-not-at-top
+      data = bench_sample.write_stats_manifest(os.path.join(root, "data"))
+      workdir = random_init.init_workdir(bench_sample.load_config(args.config),
+                                         os.path.join(root, "run"), data)
+    avatar = api.Avatar.load(workdir)
+    tok, part = _inputs(avatar, args.seconds, random_tokens=bool(args.config))
+  chunk = max(1, int(round(args.chunk_seconds * C.FRAME_RATE)))
+  offline = avatar.sample_motion(tok, seed=0, participant=part)["mel"][0]
+  result = {"device": jax.devices()[0].device_kind, "workdir": args.workdir,
+            "config": args.config, "seconds": args.seconds, "chunk_frames": chunk,
+            "windows": [list(w) for w in avatar.loaded.model.windows], "modes": []}
+  for mode in args.lags.split(","):
+    lag = None if mode == "exact" else int(mode)
+    _run(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0)
+    mel, times, first, stream = _run(avatar, tok, part, chunk, lag, 0)
+    diff = np.abs(mel - offline)
+    row = {"mode": mode, "lag_frames": stream.lag, "exact": stream.exact,
+           "lookahead_frames": stream.lookahead_frames,
+           "lookahead_s": stream.lookahead_frames / C.FRAME_RATE,
+           "rtf": sum(times) / args.seconds, "chunk_ms": 1e3 * float(np.median(times[:-1])),
+           "first_output_s": first, "max_abs_diff": float(diff.max()),
+           "mean_abs_diff": float(diff.mean())}
+    print(f"{mode}: look-ahead {row['lookahead_s']:.2f} s, rtf {row['rtf']:.3f}, chunk "
+          f"{row['chunk_ms']:.1f} ms, mel diff max {row['max_abs_diff']:.2g}", file=sys.stderr)
+    result["modes"].append(row)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,152 @@
+"""The streaming sampler: exact mode equals the offline sampler whatever the chunking, the
+look-ahead it reports is what it waits for, low-latency mode is deterministic, memory stays
+bounded, and misuse fails with one line."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avflow_jax.core import flow
+from avflow_jax.inference import sampling
+from avflow_jax.inference import streaming
+from avflow_jax.models import av_config
+from avflow_jax.models import dit
+from avflow_jax.models import head_vae
+from configs import tiny
+
+T = 160
+CHUNKINGS = ([T], [5, 1, 30, 100, 24], [16] * 10)
+
+
+def _perturbed(tree, seed, scale=0.03):
+  """Random weights everywhere (adaLN-zero starts every block as the identity)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape)
+                                      for x, k in zip(leaves, keys)])
+
+
+def _stats(participant: bool):
+  ones = lambda n, v=1.0: np.full(n, v, np.float32)
+  stats = {"tokens": (ones(29, 0.0), ones(29)), "mel": (ones(80, -5.0), ones(80, 2.0)),
+           "face": (ones(256, 0.0), ones(256)),
+           "head": (np.array([1, 0, 0, 0, 0, 0, 0], np.float32), ones(7, 0.1))}
+  if participant:
+    stats["participant"] = (ones(87, 0.5), ones(87, 2.0))
+  return stats
+
+
+def _setup(variant="av_flow", participant=False, vae_window=(3, 2)):
+  cfg = tiny.get_config().model
+  cfg.variant = variant
+  dims = av_config.AVDims(face=256, head_latent=8, audio=80, cond=29 + 87 * participant,
+                          participant=87 * participant)
+  model = dit.make_av_model(cfg, dims)
+  vae = head_vae.HeadVAE(input_dim=7, ff_dim=32, window=vae_window)
+  av = nn.unbox(dit.init_av_params(model, dims, jax.random.PRNGKey(0)))
+  vp = vae.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 7)))["params"]
+  params = {"av": _perturbed(av, 2), "head_vae": _perturbed(vp, 3), "stats": _stats(participant)}
+  return model, vae, params
+
+
+def _inputs(participant=False, t=T):
+  tok = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (t, 29)))
+  part = np.asarray(jax.random.normal(jax.random.PRNGKey(6), (t, 87))) if participant else None
+  return tok, part
+
+
+def _stream(model, vae, params, tok, part, sizes, **kw):
+  st = streaming.StreamingSampler(model, vae, params, seed=7, chunk_frames=16,
+                                  uses_participant=part is not None, **kw)
+  outs, i = [], 0
+  for n in sizes:
+    outs.append(st.push(tok[i:i + n], None if part is None else part[i:i + n]))
+    i += n
+  outs.append(st.close())
+  return st, {k: np.concatenate([o[k] for o in outs]) for k in streaming.STREAMS}
+
+
+@pytest.mark.parametrize("variant,participant", [("av_flow", False), ("av_flow", True),
+                                                 ("shared", False)])
+def test_exact_mode_equals_the_offline_sampler_for_any_chunking(variant, participant):
+  model, vae, params = _setup(variant, participant)
+  tok, part = _inputs(participant)
+  off = jax.device_get(sampling.sample(model, vae, params, tok[None], jax.random.PRNGKey(7),
+                                       participant=None if part is None else part[None]))
+  assert np.abs(off["mel"][0] - sampling.denormalise(
+      flow.initial_noise(jax.random.PRNGKey(7), 1, T, 344)[0, :, 264:],
+      params["stats"], "mel")).max() > 0.1  # The network moves the sample away from noise.
+  for sizes in CHUNKINGS:
+    st, got = _stream(model, vae, params, tok, part, sizes)
+    assert st.exact and st.frames_out == T
+    for k in streaming.STREAMS:
+      np.testing.assert_allclose(got[k], off[k][0], atol=1e-5, err_msg=f"{k} {sizes}")
+
+
+def test_lookahead_is_what_the_stream_waits_for():
+  model, vae, params = _setup()
+  tok, _ = _inputs()
+  left, right = streaming.receptive_field(model.windows)
+  assert (left, right) == (8, 4)  # Tiny: (4, 2) in each of two layers.
+  st = streaming.StreamingSampler(model, vae, params, chunk_frames=16)
+  assert st.lookahead_frames == 8 * right + 2  # K × ΣR + the decoder's right window.
+  for n in (10, 30, 60, 100):
+    st.push(tok[st.frames_in:n])
+    assert st.frames_out == max(0, n - st.lookahead_frames)  # Frame-accurate.
+  low = streaming.StreamingSampler(model, vae, params, chunk_frames=4, lag_frames=1)
+  assert low.lookahead_frames < st.lookahead_frames
+  for n in (10, 30, 60, 100):
+    low.push(tok[low.frames_in:n])
+    assert n - low.lookahead_frames <= low.frames_out <= n
+
+
+def test_low_latency_mode_is_deterministic_and_its_difference_is_small():
+  model, vae, params = _setup()
+  tok, _ = _inputs()
+  off = jax.device_get(sampling.sample(model, vae, params, tok[None], jax.random.PRNGKey(7)))
+  runs = [_stream(model, vae, params, tok, None, sizes, lag_frames=1)[1] for sizes in CHUNKINGS]
+  for got in runs[1:]:
+    for k in streaming.STREAMS:
+      np.testing.assert_array_equal(got[k], runs[0][k], err_msg=k)
+  diff = np.abs(runs[0]["mel"] - off["mel"][0]).max()
+  assert 1e-4 < diff < 0.1 * np.abs(off["mel"][0]).max()
+
+
+def test_memory_and_work_stay_bounded_on_a_long_stream():
+  model, vae, params = _setup(vae_window=None)  # Full-attention decoder: a bounded context.
+  tok, _ = _inputs(t=1200)
+  st = streaming.StreamingSampler(model, vae, params, chunk_frames=16, head_context_frames=32)
+  assert not st.exact
+  held = []
+  for i in range(0, 1200, 40):
+    out = st.push(tok[i:i + 40])
+    held.append(st.buffered_frames())
+    if i == 0:
+      programs = streaming._window_velocity._cache_size()  # pylint: disable=protected-access
+    assert np.isfinite(out["mel"]).all()
+  assert max(held[5:]) <= held[4] + 40 and max(held) < 400  # No growth with the stream.
+  assert st.frames_out + len(st.close()["mel"]) == 1200
+  assert streaming._window_velocity._cache_size() == programs  # One window shape: no recompile.
+
+
+def test_misuse_fails_with_one_line():
+  model, vae, params = _setup()
+  tok, _ = _inputs()
+  with pytest.raises(ValueError, match="lag_frames=9"):
+    streaming.StreamingSampler(model, vae, params, lag_frames=9)
+  with pytest.raises(ValueError, match="participant"):
+    streaming.StreamingSampler(model, vae, params).push(tok, np.zeros((T, 87)))
+  st = streaming.StreamingSampler(model, vae, params)
+  st.close()
+  with pytest.raises(ValueError, match="push after close"):
+    st.push(tok)
+  with pytest.raises(ValueError, match="config.model.windows"):
+    streaming.receptive_field(((4, 2), (-1, 2)))
+  cascaded, _, cparams = _setup("cascaded")
+  with pytest.raises(ValueError, match="cascaded"):
+    streaming.StreamingSampler(cascaded, vae, cparams)
+  dyadic, dvae, dparams = _setup(participant=True)
+  with pytest.raises(ValueError, match="participant"):
+    streaming.StreamingSampler(dyadic, dvae, dparams, uses_participant=True).push(tok)
