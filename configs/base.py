@@ -80,6 +80,9 @@ def get_config(arg=None):
   c.head_vae.steps = 3000  # Steps of that automatic VAE training.
   c.head_vae.ff_dim = 2048  # Feed-forward width of that VAE's transformer layers (official).
   c.head_vae.kld_weight = 1.0  # KL weight of that VAE (official 1.0, trained for 500k steps).
+  # (left, right) frames each frame of that VAE attends to, or None for full attention (the
+  # official model); a window lets the decoder run exactly on a stream (inference/streaming.py).
+  c.head_vae.window = config_dict.placeholder(tuple)
 
   # ---- Flow matching loss ------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()

@@ -50,14 +50,27 @@ def demo_shards(tmp_path_factory):
   return shards
 
 
+def _fewer_optimisations():
+  import jax  # pylint: disable=g-import-not-at-top
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  return lambda: jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture
+def fast_compile_here():
+  """`fast_compile` for one test (its module's other tests keep XLA's optimisations)."""
+  restore = _fewer_optimisations()
+  yield
+  restore()
+
+
 @pytest.fixture(scope="module")
 def fast_compile():
   """XLA without most optimisation passes, for a module of small models (compile >> run).
 
   The numerics stay float32; use it with `pytestmark = pytest.mark.usefixtures("fast_compile")`.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
+  restore = _fewer_optimisations()
   yield
-  jax.config.update("jax_disable_most_optimizations", old)
+  restore()

@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avflow_jax.core import constants as C
 from avflow_jax.core import flow
 from avflow_jax.inference import sampling
 from avflow_jax.models import dit
 
-STREAMS = ("mel", "face", "head", "head_latent")
+STREAMS = ("mel", "face", "head", "head_latent", "face_30fps", "head_30fps")
 
 
 def receptive_field(windows) -> tuple[int, int]:
@@ -92,6 +93,47 @@ class _Frames:
     self.data, self.start = self.data[frame - self.start:], frame
 
 
+class FpsStream:
+  """A mel-rate stream resampled to `fps` as it arrives.
+
+  Frame j sits at mel position (j + 0.5) × 86.13 / fps - 0.5 and is returned once both mel
+  frames around it have arrived, so the frames equal `align.resample_stream` of the whole
+  stream (the offline `face_30fps` / `head_30fps`), the last ones included once `close` says
+  how long it was.
+  """
+
+  def __init__(self, fps: float = C.VIDEO_FPS):
+    self.fps, self._buf, self._start, self._out = float(fps), None, 0, 0
+
+  def _positions(self, a: int, b: int) -> np.ndarray:
+    return (np.arange(a, b, dtype=np.float64) + 0.5) * (C.FRAME_RATE / self.fps) - 0.5
+
+  def push(self, x: np.ndarray, closed: bool = False) -> np.ndarray:
+    """Adds (n, ...) mel-rate frames; returns the `fps` frames that became final."""
+    x = np.asarray(x, np.float64)
+    self._buf = x if self._buf is None else np.concatenate([self._buf, x])
+    n = self._start + len(self._buf)  # Mel frames so far.
+    if n == 0:
+      return np.zeros((0,) + x.shape[1:], np.float32)
+    if closed:
+      last = max(1, int(round(n * self.fps / C.FRAME_RATE)))  # As `avatar.frames_at_fps`.
+    else:  # Frames j with position < n - 1: both neighbours have arrived (never more than
+      # the closed stream's count, round(n × fps / 86.13)).
+      last = int(np.ceil((n - 0.5) * self.fps / C.FRAME_RATE - 0.5))
+      while last > 0 and self._positions(last - 1, last)[0] >= n - 1:
+        last -= 1
+    pos = np.clip(self._positions(self._out, max(last, self._out)), 0.0, n - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = (pos - i0).reshape((-1,) + (1,) * (x.ndim - 1))
+    buf = lambda i: self._buf[i - self._start]
+    y = (buf(i0) * (1.0 - w) + buf(i1) * w).astype(np.float32)
+    self._out = max(last, self._out)
+    keep = int(np.floor(np.clip(self._positions(self._out, self._out + 1)[0], 0, n - 1)))
+    self._buf, self._start = self._buf[keep - self._start:], keep
+    return y
+
+
 class StreamingSampler:
   """The flow sampler of one sequence, fed frame chunks and returning final frames.
 
@@ -152,6 +194,7 @@ class StreamingSampler:
     self._states = [_Frames(width) for _ in range(self.num_steps + 1)]
     self._head = _Frames(int(params["stats"]["head"][0].shape[-1]))
     self._emitted = 0
+    self._video = {"face": FpsStream(), "head": FpsStream()}
     self.closed = False
 
   @classmethod
@@ -298,6 +341,9 @@ class StreamingSampler:
     out = {"mel": denorm(x[:, self.vis:], "mel"), "face": denorm(x[:, :face], "face"),
            "head": sampling.unit_quaternions(denorm(self._head.get(a, b), "head")),
            "head_latent": x[:, face:self.vis].copy()}
+    out["face_30fps"] = self._video["face"].push(out["face"], self.closed)
+    out["head_30fps"] = sampling.unit_quaternions(
+        self._video["head"].push(out["head"], self.closed))
     self._emitted = b
     self._head.drop_before(b)
     self._states[-1].drop_before(min(b, self._head.end) - self.head_left)

@@ -160,3 +160,104 @@ def mel_to_audio(vocoder: Vocoder, log_mel, clip: bool = True) -> np.ndarray:
   """
   y = vocoder(log_mel) * constants.AUDIO_GAIN
   return (np.clip(y, -1.0, 1.0) if clip else y).astype(np.float32)
+
+
+# Mel frames of context each side of a streamed chunk. BigVGAN's receptive field (base 22 kHz
+# config) reaches about 20 frames each way (conv_pre 3, the first upsampling's AMP blocks ~14 at
+# 8x, the rest ~3); 32 leaves a margin, and a test holds the chunks to the whole-clip waveform.
+BIGVGAN_CONTEXT_FRAMES = 32
+GRIFFIN_LIM_CONTEXT_FRAMES = 16
+GRIFFIN_LIM_CROSSFADE_FRAMES = 8
+
+
+class StreamingVocoder:
+  """A vocoder on a mel stream: pushed log-mel frames in, the waveform of final frames out.
+
+  Each chunk of `chunk_frames` frames [a, b) is vocoded inside the window [a - context, b + crossfade +
+  context) and keeps its own samples. BigVGAN is a stack of convolutions, so with a context
+  beyond its receptive field (`BIGVGAN_CONTEXT_FRAMES`) the chunks equal whole-clip vocoding (to
+  1e-4), but for the last `context` frames of a stream, where the whole-clip call pads its end
+  otherwise. Griffin-Lim estimates the phase of the whole window, so its chunks are joined by a
+  linear crossfade over `crossfade` frames; the seams differ from one whole-clip Griffin-Lim
+  (`benchmarks/bench_streaming.py` measures by how much).
+
+  Attributes:
+    lookahead_frames: mel frames needed past a frame before its samples are returned.
+  """
+
+  def __init__(self, vocoder: Vocoder, *, chunk_frames: int = 43,
+               context_frames: int | None = None, crossfade_frames: int | None = None,
+               gain: float = constants.AUDIO_GAIN, clip: bool = True):
+    """Args:
+      vocoder: the `Vocoder` to run on each window.
+      chunk_frames: frames vocoded per call (43: 0.5 s).
+      context_frames: mel frames of context each side (default: per vocoder, above).
+      crossfade_frames: frames two Griffin-Lim chunks overlap by (BigVGAN: 0).
+      gain, clip: as `mel_to_audio` (AV-Flow's mels are of audio / 1.1).
+    """
+    gl = isinstance(vocoder, GriffinLimVocoder)
+    self._gl = gl
+    self.vocoder, self.chunk = vocoder, int(chunk_frames)
+    self.context = int(context_frames if context_frames is not None else
+                       GRIFFIN_LIM_CONTEXT_FRAMES if gl else BIGVGAN_CONTEXT_FRAMES)
+    self.crossfade = int(crossfade_frames if crossfade_frames is not None else
+                         GRIFFIN_LIM_CROSSFADE_FRAMES if gl else 0)
+    if self.chunk < 1 or self.context < 0 or not 0 <= self.crossfade <= self.chunk:
+      raise ValueError(f"chunk_frames={chunk_frames}, context_frames={context_frames}, "
+                       f"crossfade_frames={crossfade_frames}: need chunk >= 1, context >= 0 "
+                       "and 0 <= crossfade <= chunk")
+    self.gain, self.clip = float(gain), bool(clip)
+    self.lookahead_frames = self.context + self.crossfade + self.chunk - 1
+    self._mel = np.zeros((0, vocoder.num_mels), np.float32)
+    self._mel_start = 0  # Frame index of self._mel[0].
+    self._done = 0  # Frames whose samples were returned.
+    self._tail = np.zeros(0, np.float32)  # Samples of the next crossfade frames, to blend.
+    self.closed = False
+
+  def push(self, log_mel) -> np.ndarray:
+    """Adds (n, 80) log-mel frames; returns the samples that became final (maybe none)."""
+    if self.closed:
+      raise ValueError("push after close: start a new StreamingVocoder")
+    x, single = _as_batch(log_mel, self.vocoder.num_mels)
+    if not single:
+      raise ValueError(f"StreamingVocoder.push takes (frames, {self.vocoder.num_mels}) log-mels "
+                       f"of one stream, got shape {np.shape(log_mel)}")
+    self._mel = np.concatenate([self._mel, x[0]], 0)
+    return self._advance()
+
+  def close(self) -> np.ndarray:
+    """Ends the stream: the samples of every remaining frame."""
+    self.closed = True
+    return self._advance()
+
+  def _advance(self) -> np.ndarray:
+    hop = self.vocoder.hop_length
+    end = self._mel_start + len(self._mel)
+    # Whole chunks only (until the end): the windows, so the samples, depend on the frame grid,
+    # not on how the mel was pushed.
+    limit = end if self.closed else end - self.context - self.crossfade
+    out = []
+    while self._done < limit and (self.closed or self._done + self.chunk <= limit):
+      a = self._done
+      b = min(a + self.chunk, limit)
+      fade = 0 if self.closed and b == end else min(self.crossfade, end - b)
+      ws, we = max(0, a - self.context), min(end, b + fade + self.context)
+      window = self._mel[ws - self._mel_start:we - self._mel_start]
+      if not self._gl:  # One window length, so one compiled program: silence past its end
+        # (beyond the receptive field of the frames kept, and what the whole-clip call pads).
+        full = self.chunk + self.crossfade + 2 * self.context
+        window = np.pad(window, ((0, full - len(window)), (0, 0)), constant_values=_LOG_FLOOR)
+      y = self.vocoder(window)
+      y = y[(a - ws) * hop:(b + fade - ws) * hop]
+      if self._tail.size:  # Blend the previous chunk's overlap into this one's start.
+        n = self._tail.size
+        w = (np.arange(n, dtype=np.float32) + 0.5) / n
+        y[:n] = (1.0 - w) * self._tail + w * y[:n]
+      self._tail = y[(b - a) * hop:].copy()
+      out.append(y[:(b - a) * hop])
+      self._done = b
+    keep = max(0, self._done - self.context) - self._mel_start
+    self._mel, self._mel_start = self._mel[keep:], self._mel_start + keep
+    y = np.concatenate(out) if out else np.zeros(0, np.float32)
+    y = y * self.gain
+    return (np.clip(y, -1.0, 1.0) if self.clip else y).astype(np.float32)

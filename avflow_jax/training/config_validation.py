@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from avflow_jax.core import sharding
 from avflow_jax.models import attention
 from avflow_jax.models import av_config
+from avflow_jax.models import head_vae
 
 
 def _fail(field, msg):
@@ -92,6 +93,11 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
               "mel, tokens, face and head")
     if config.data.participant and not dims.get("participant"):
       _fail("data.participant", "is True but the data has no participant stream")
+    if config.head_vae.get("window") is not None:
+      try:
+        head_vae.parse_window(config.head_vae.window)
+      except ValueError as e:
+        _fail("head_vae.window", str(e).split(": ", 1)[1])
   elif config.task == "head_vae":
     if not dims.get("head"):
       _fail("data.dir", f"the data has no head-pose stream (dims {dims})")

@@ -31,7 +31,7 @@ def apply_recipe(c):
 def for_av_run(config):
   """The head-VAE run config an AV run trains first: the recipe on this run's data and seed.
 
-  `config.head_vae` sets its length (steps), feed-forward width and KL weight.
+  `config.head_vae` sets its length (steps), feed-forward width, KL weight and window.
   """
   c = config.copy_and_resolve_references()
   with c.unlocked():  # The recipe adds `vae` to a (possibly locked) AV config.
@@ -40,6 +40,7 @@ def for_av_run(config):
   c.num_steps = config.head_vae.steps
   c.vae.ff_dim = config.head_vae.get("ff_dim", c.vae.ff_dim)
   c.vae.kld_weight = config.head_vae.get("kld_weight", c.vae.kld_weight)
+  c.vae.window = config.head_vae.get("window", c.vae.get("window"))
   c.ckpt_every = max(config.head_vae.steps, 1)
   c.log_every = max(config.head_vae.steps // 10, 1)
   c.mesh.data, c.mesh.fsdp = -1, 1

@@ -55,7 +55,7 @@ def _loss_after_steps(config, data_dir, mesh, n):
   return losses, state
 
 
-def test_one_step_same_loss_on_meshes_8x1_and_4x2(tiny_shards):
+def test_one_step_same_loss_on_meshes_8x1_and_4x2(tiny_shards, fast_compile_here):
   config = tiny.get_config()
   a, _ = _loss_after_steps(config, tiny_shards, _mesh(8, 1), 2)
   b, state = _loss_after_steps(config, tiny_shards, _mesh(4, 2), 2)

@@ -54,6 +54,15 @@ def test_bad_windows_name_the_field(windows, message):
     _validate(model__windows=windows)
 
 
+def test_head_vae_window_and_the_stream_config():
+  with pytest.raises(ValueError, match=r"config.head_vae.window: \(4, -1\)"):
+    _validate(head_vae__window=(4, -1))
+  from configs import stream  # pylint: disable=g-import-not-at-top
+  c = stream.get_config("0")
+  assert c.model.windows == (48, 0) and c.head_vae.window == stream.HEAD_VAE_WINDOW
+  assert stream.get_config().model.windows == (48, 2)
+
+
 def test_layer_windows_one_pair_or_one_per_layer():
   assert av_config.layer_windows((4, 2), 3) == ((4, 2),) * 3
   assert av_config.layer_windows([[1, 0], [2, -1]], 2) == ((1, 0), (2, -1))

@@ -16,16 +16,17 @@ from avflow_jax.models import dit
 from avflow_jax.models import head_vae
 from configs import tiny
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # Tiny programs: compile >> run.
+
 T = 160
 CHUNKINGS = ([T], [5, 1, 30, 100, 24], [16] * 10)
 
 
 def _perturbed(tree, seed, scale=0.03):
   """Random weights everywhere (adaLN-zero starts every block as the identity)."""
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape)
-                                      for x, k in zip(leaves, keys)])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: (np.asarray(x) + scale * rng.normal(size=x.shape))
+                      .astype(np.float32), tree)
 
 
 def _stats(participant: bool):
@@ -45,8 +46,8 @@ def _setup(variant="av_flow", participant=False, vae_window=(3, 2)):
                           participant=87 * participant)
   model = dit.make_av_model(cfg, dims)
   vae = head_vae.HeadVAE(input_dim=7, ff_dim=32, window=vae_window)
-  av = nn.unbox(dit.init_av_params(model, dims, jax.random.PRNGKey(0)))
-  vp = vae.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 7)))["params"]
+  av = nn.unbox(jax.jit(lambda k: dit.init_av_params(model, dims, k))(jax.random.PRNGKey(0)))
+  vp = jax.jit(vae.init)(jax.random.PRNGKey(1), jnp.zeros((1, 8, 7)))["params"]
   params = {"av": _perturbed(av, 2), "head_vae": _perturbed(vp, 3), "stats": _stats(participant)}
   return model, vae, params
 
@@ -81,7 +82,9 @@ def test_exact_mode_equals_the_offline_sampler_for_any_chunking(variant, partici
   for sizes in CHUNKINGS:
     st, got = _stream(model, vae, params, tok, part, sizes)
     assert st.exact and st.frames_out == T
-    for k in streaming.STREAMS:
+    n30 = max(1, int(round(T * 30.0 / 86.1328125)))
+    assert got["face_30fps"].shape == (n30, 256) and got["head_30fps"].shape == (n30, 7)
+    for k in ("mel", "face", "head", "head_latent"):
       np.testing.assert_allclose(got[k], off[k][0], atol=1e-5, err_msg=f"{k} {sizes}")
 
 
@@ -150,3 +153,55 @@ def test_misuse_fails_with_one_line():
   dyadic, dvae, dparams = _setup(participant=True)
   with pytest.raises(ValueError, match="participant"):
     streaming.StreamingSampler(dyadic, dvae, dparams, uses_participant=True).push(tok)
+
+
+def _pushed(stream, x, sizes):
+  out, i = [], 0
+  for n in sizes:
+    out.append(stream.push(x[i:i + n]))
+    i += n
+  return np.concatenate(out + [stream.close()])
+
+
+def test_streamed_bigvgan_equals_whole_clip_vocoding(tmp_path):
+  from avflow_jax.inference import vocoder  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import bigvgan  # pylint: disable=g-import-not-at-top
+  from tests import fixtures  # pylint: disable=g-import-not-at-top
+  config = bigvgan.BigVGANConfig(upsample_initial_channel=16)  # The base kernels: its reach.
+  path = str(tmp_path / "g.npz")
+  np.savez(path, **fixtures.random_bigvgan_state_dict(config, 0, std=0.1))
+  voc = vocoder.BigVGANVocoder(path, config)
+  mel = (-5.0 + 2.0 * np.random.default_rng(0).normal(size=(200, 80))).astype(np.float32)
+  whole = vocoder.mel_to_audio(voc, mel)
+  for sizes in ([200], [7, 50, 143]):
+    stream = vocoder.StreamingVocoder(voc, chunk_frames=32)
+    y = _pushed(stream, mel, sizes)
+    assert y.shape == whole.shape
+    keep = (200 - stream.context) * 256  # The whole-clip call pads its own end otherwise.
+    np.testing.assert_allclose(y[:keep], whole[:keep], atol=1e-4, err_msg=str(sizes))
+
+
+def test_streamed_griffin_lim_does_not_depend_on_the_pushes():
+  from avflow_jax.inference import vocoder  # pylint: disable=g-import-not-at-top
+  voc = vocoder.GriffinLimVocoder(n_iter=4)
+  mel = (-5.0 + 2.0 * np.random.default_rng(1).normal(size=(120, 80))).astype(np.float32)
+  ys = [_pushed(vocoder.StreamingVocoder(voc, chunk_frames=32), mel, sizes)
+        for sizes in ([120], [3, 40, 77])]
+  assert ys[0].shape == (120 * 256,) and np.isfinite(ys[0]).all() and np.abs(ys[0]).max() > 0
+  np.testing.assert_array_equal(ys[0], ys[1])
+  with pytest.raises(ValueError, match="one stream"):
+    vocoder.StreamingVocoder(voc).push(mel[None])
+
+
+def test_30fps_streams_equal_the_offline_resampling():
+  from avflow_jax.core import align  # pylint: disable=g-import-not-at-top
+  from avflow_jax.core import constants as C  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(2).normal(size=(301, 3)).astype(np.float32)
+  n30 = max(1, int(round(301 * 30.0 / C.FRAME_RATE)))
+  ref = align.resample_stream(x, C.FRAME_RATE, n30, dst_rate=30.0)
+  for sizes in ([301], [1, 2, 3, 95, 200], [7] * 43):
+    fps, out, i = streaming.FpsStream(), [], 0
+    for k, n in enumerate(sizes):
+      out.append(fps.push(x[i:i + n], closed=k == len(sizes) - 1))
+      i += n
+    np.testing.assert_allclose(np.concatenate(out), ref, atol=1e-6, err_msg=str(sizes))
