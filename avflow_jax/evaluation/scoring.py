@@ -298,7 +298,8 @@ def evaluate(args, log=print) -> dict[str, Any]:
       "config": {
           "oracle": bool(args.oracle), "which": args.which, "num_steps": args.steps,
           "temperature": args.temperature,
-          "recogniser": "pocketsphinx en-us" if recognizer is not None else None,
+          "recogniser": (f"pocketsphinx en-us (maxhmmpf {speech_recognition.MAX_HMM_PER_FRAME})"
+                         if recognizer is not None else None),
           "seed": args.seed, "max_seconds": args.max_seconds, "max_clips": args.max_clips,
           "vocoder": avatar.vocoder.name, "face_decoder": loaded.manifest.get("face_decoder"),
           "head_kind": loaded.manifest.get("head_kind"), "dims": loaded.dims,

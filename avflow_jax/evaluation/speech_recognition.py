@@ -26,6 +26,10 @@ PAD_S = 0.15
 # ("please remember to bring your umbrella tomorrow" -> "the or" without it). -60 dBFS, as
 # recognisers' front ends dither (Kaldi's default is 1 LSB of 16-bit audio, ~-90 dBFS).
 DITHER = 1e-3
+# PocketSphinx's cap on active HMMs per frame (default: none). Measured on 15 demo val
+# utterances: the recordings' WER 0.338 -> 0.331 and the generated speech's 1.06 -> 1.05, in
+# half the time (unintelligible speech keeps the whole search alive without it).
+MAX_HMM_PER_FRAME = 3000
 INSTALL_HINT = 'pip install "avflow_jax[wer]" (pocketsphinx and jiwer)'
 
 
@@ -57,7 +61,8 @@ class Recognizer:
     if reason:
       raise ImportError(reason)
     import pocketsphinx  # pylint: disable=g-import-not-at-top  (optional dependency)
-    self._decoder = pocketsphinx.Decoder(samprate=RECOGNISER_RATE, loglevel="FATAL")
+    self._decoder = pocketsphinx.Decoder(samprate=RECOGNISER_RATE, loglevel="FATAL",
+                                         maxhmmpf=MAX_HMM_PER_FRAME)
 
   def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
     """The recognised words of a mono float waveform in [-1, 1] (normalised text)."""

@@ -19,6 +19,8 @@ from avflow_jax.inference import sampling
 from avflow_jax.training import random_init
 from data_prep import synthetic
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # Small models: compile >> run.
+
 
 @functools.lru_cache(maxsize=None)
 def avatar_workdir(shards_dir: str) -> str:

@@ -18,6 +18,8 @@ from avflow_jax.evaluation import scoring
 from avflow_jax.training import random_init
 from data_prep import synthetic
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # Small models: compile >> run.
+
 N_VAL = 3
 
 
@@ -146,7 +148,7 @@ def test_wer_of_speech_beside_recordings_and_vocoded_ground_truth(tmp_path):
   assert vocoded["MCD"] == pytest.approx(oracle["metrics"]["MCD"])
   assert [c["utterances"] for c in oracle["clips"]] == [1, 1]
   assert oracle["clips"][0]["transcripts"][0]["text"] == sentences[0]
-  assert oracle["config"]["recogniser"] == "pocketsphinx en-us"
+  assert oracle["config"]["recogniser"].startswith("pocketsphinx en-us")
 
   assert _run_cli(*common, "--max-clips", 1, "--output", tmp_path / "sample.json") == 0
   sample = _load(tmp_path / "sample.json")

@@ -14,6 +14,8 @@ from avflow_jax.data import manifest as manifest_lib
 from avflow_jax.evaluation import text_scoring
 from avflow_jax.training import random_init
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # Small models: compile >> run.
+
 
 def _segment_tokens(labels, durations, rng):
   """Logits whose most likely character is labels[k] for durations[k] frames."""

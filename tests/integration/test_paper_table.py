@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 def _main(runs, out, *extra):
   argv = ["--runs"] + [f"{k}={v}" for k, v in runs.items()] + [
       "--output", str(out), "--max-seconds", "1.5", "--no-wer", "--timed-seconds", "1",
-      "--jobs", "1", *extra]
+      "--jobs", "1", "--max-clips", "1", *extra]
   logs = []
   table = paper_table.build_table(paper_table.make_parser().parse_args(argv), log=logs.append,
                                   evaluate=scoring.evaluate,
