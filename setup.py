@@ -10,6 +10,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
+    package_data={"avflow_jax": ["static/*.html"]},
     packages=find_packages(include=["avflow_jax", "avflow_jax.*", "data_prep", "data_prep.*",
                                     "configs"]),
     install_requires=[
@@ -41,9 +42,14 @@ setup(
         "demo": ["espeakng-loader>=0.2.4"],
         # WER in `evaluate`: an offline recogniser (its en-us model ships in the wheel) + scorer.
         "wer": ["pocketsphinx>=5.0", "jiwer>=3.0"],
+        # `python -m avflow_jax.serve`: the live page and its WebSocket endpoint.
+        "serve": ["aiohttp>=3.9"],
         # mel-cepstral-distance: the MCD parity test's reference implementation (pure Python).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "espeakng-loader>=0.2.4",
-                 "pocketsphinx>=5.0", "jiwer>=3.0", "mel-cepstral-distance==0.0.4"],
+                 "pocketsphinx>=5.0", "jiwer>=3.0", "mel-cepstral-distance==0.0.4",
+                 # The live page's end-to-end test drives Debian's chromium (.ci/run installs
+                 # it with chromium-driver) through selenium.
+                 "aiohttp>=3.9", "selenium>=4.20"],
         # Reference PyTorch code for parity tests only; the package never imports torch.
         # The reference `bigvgan` package is installed with --no-deps (its pins pull CUDA torch).
         "parity": ["torch==2.13.0", "transformers>=4.57",

@@ -85,38 +85,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 # ---- Input checks (cheap, before anything heavy is imported) -------------------------------------
 
-def _load_npy(path: str, what: str) -> np.ndarray:
-  if not os.path.isfile(path):
-    raise InputError(f"{what} {path}: file missing")
-  try:
-    x = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise InputError(f"{what} {path}: not a readable .npy/.npz array ({msg})") from e
-  if isinstance(x, np.lib.npyio.NpzFile):
-    with x:
-      key = "tokens" if what == "--tokens" else "participant"
-      if key not in x.files:
-        raise InputError(f"{what} {path}: npz without a {key!r} array (has {x.files})")
-      x = x[key]
-  return x
-
-
-def _check_frames(path: str, what: str, x: np.ndarray, width: int, meaning: str) -> np.ndarray:
-  if not np.issubdtype(x.dtype, np.number):
-    raise InputError(f"{what} {path}: dtype {x.dtype} is not numeric")
-  if x.ndim != 2 or x.shape[1] != width:
-    raise InputError(f"{what} {path}: expected shape (T, {width}) ({meaning}), got {x.shape}")
-  if x.shape[0] == 0:
-    raise InputError(f"{what} {path}: no frames")
-  if not np.isfinite(x).all():
-    raise InputError(f"{what} {path}: contains NaN or inf")
-  return x.astype(np.float32)
-
-
 def load_tokens_file(path: str) -> np.ndarray:
-  return _check_frames(path, "--tokens", _load_npy(path, "--tokens"), C.TOKEN_DIM,
-                       "raw ASR logits on the 86.13 fps mel grid")
+  return cli.load_frames(path, "--tokens", C.TOKEN_DIM,
+                         "raw ASR logits on the 86.13 fps mel grid")
 
 
 def load_audio_file(path: str) -> tuple[np.ndarray, int]:
@@ -210,8 +181,7 @@ def run(args, log=print) -> dict[str, Any]:
     check_length(args, int(audio[0].shape[0] / audio[1] * C.FRAME_RATE), f"--audio {args.audio}")
   participant = None
   if args.participant:
-    participant = _check_frames(args.participant, "--participant",
-                                _load_npy(args.participant, "--participant"),
+    participant = cli.load_frames(args.participant, "--participant",
                                 C.PARTICIPANT_DIM, "participant tokens + SMIRK features")
   staging = outputs.Staging(args.output, what="--output")
   try:
@@ -268,7 +238,7 @@ def run(args, log=print) -> dict[str, Any]:
                                                             (k,) + participant.shape)
     noise = None
     if args.noise:
-      noise = _load_npy(args.noise, "--noise")
+      noise = cli.load_npy(args.noise, "--noise")
       if noise.ndim == 2:
         noise = np.broadcast_to(noise, (k,) + noise.shape)
     t0 = time.perf_counter()

@@ -21,12 +21,12 @@ W2V_HOP = 320
 
 # Logit levels (natural units of the CTC head); chosen so the mean/std land near the
 # official token statistics (-2.85 / 4.53).
-BLANK_LOGIT = 9.0
+BLANK_LOGIT = C.SILENCE_BLANK_LOGIT
 CHAR_LOGIT = 10.0
 BLANK_UNDER_CHAR = 3.0
 NEIGHBOUR_LOGIT = 2.0
 SPACE_LOGIT = 8.5
-OTHER_LOGIT_SILENCE = -5.0
+OTHER_LOGIT_SILENCE = C.SILENCE_OTHER_LOGIT
 OTHER_LOGIT_SPEECH = -3.5
 NOISE_STD = 0.4
 

@@ -53,3 +53,10 @@ def install_fake_asr(monkeypatch, calls: list) -> None:
   fake = fake_asr_module(calls)
   monkeypatch.setitem(sys.modules, "avflow_jax.models.asr", fake)
   monkeypatch.setattr(avflow_jax.models, "asr", fake, raising=False)
+
+
+def random_t2t_workdir(root, data_dir):
+  """A text-to-tokens run (configs/text_to_tokens.py:tiny) with random weights."""
+  from avflow_jax.training import random_init  # pylint: disable=g-import-not-at-top
+  from configs import text_to_tokens as t2t_config  # pylint: disable=g-import-not-at-top
+  return random_init.init_t2t_workdir(t2t_config.get_config("tiny"), root, data_dir)

@@ -28,6 +28,10 @@ TOKEN_DIM = len(TOKEN_LABELS)  # 29
 HF_TO_TOKEN_INDEX = (0,) + tuple(range(4, 32))
 TOKEN_MEAN = -2.8461  # text-to-tokens statistics from the official code.
 TOKEN_STD = 4.5255
+# Token logits of silence: the blank wins and every other label lies far below it, as a CTC
+# head scores a pause (the demo corpus's levels). A streaming avatar listens on these frames.
+SILENCE_BLANK_LOGIT = 9.0
+SILENCE_OTHER_LOGIT = -5.0
 
 FACE_DIM = 256
 HEAD_LATENT_DIM = 8

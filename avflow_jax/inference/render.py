@@ -73,7 +73,7 @@ def _mean_quat(q: np.ndarray) -> np.ndarray:
   return v[:, -1]
 
 
-class _PoseFrame:
+class PoseFrame:
   """Reference statistics shared by both panels (taken from the ground truth if any)."""
 
   def __init__(self, head: np.ndarray):
@@ -85,7 +85,23 @@ class _PoseFrame:
       trans = np.zeros((head.shape[0], 3))
     self.t0 = trans.mean(0)
     spread = float(np.sqrt(((trans - self.t0) ** 2).sum(-1).mean()))
+    self._set_scale(spread)
+
+  def _set_scale(self, spread: float) -> None:
     self.t_scale = 0.05 / spread if spread > 1e-8 else 0.0  # 3 std -> 0.15 of the frame
+
+  @classmethod
+  def from_stats(cls, mean: np.ndarray, std: np.ndarray) -> "PoseFrame":
+    """The reference of a stream: the training data's mean pose and translation spread.
+
+    A stream cannot wait for its clip's mean, and one chunk's spread would exaggerate the
+    motion of a still listener.
+    """
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    frame = cls(mean[None])
+    if mean.size == 7:
+      frame._set_scale(float(np.sqrt((std[4:7] ** 2).sum())))
+    return frame
 
   def apply(self, head: np.ndarray):
     """Returns rotations (T, 3, 3) and offsets (T, 3) in frame units."""
@@ -221,7 +237,7 @@ def _draw_face(draw: ImageDraw.ImageDraw, layers, i: int, line: int):
 # Without a face rig: head-pose axes + leading principal components of the codes.
 # ------------------------------------------------------------------------------------------------
 
-class _Pca:
+class CodePca:
   """Top-3 principal directions of a clip's codes, with per-component std for scaling."""
 
   def __init__(self, codes: np.ndarray, k: int = 3):
@@ -291,7 +307,7 @@ def _fit_length(x, t):
   return x[:t] if x.shape[0] >= t else np.concatenate([x, np.repeat(x[-1:], t - x.shape[0], 0)])
 
 
-class _Panel:
+class Panel:
   """One side of the preview: precomputed layers, drawn frame by frame."""
 
   def __init__(self, head, face_channels, face_codes, pose_ref, pca, size, title):
@@ -331,7 +347,7 @@ def _make_panels(main: Mapping[str, Any], compare: Mapping[str, Any] | None, siz
       raise ValueError("render_preview: compare['head_pose'] and head_pose differ in width")
     sides.insert(0, ("ground truth", compare, gt_head))
   ref_side = sides[0]
-  pose_ref = _PoseFrame(ref_side[2])
+  pose_ref = PoseFrame(ref_side[2])
   pca = None
   codes = {}
   for title, kw, h in sides:
@@ -340,13 +356,13 @@ def _make_panels(main: Mapping[str, Any], compare: Mapping[str, Any] | None, siz
       c = _check(f"{title or 'face'} face_codes", kw["face_codes"])
       codes[title] = _fit_length(c, t)
   if codes:
-    pca = _Pca(codes[ref_side[0]] if ref_side[0] in codes else next(iter(codes.values())))
+    pca = CodePca(codes[ref_side[0]] if ref_side[0] in codes else next(iter(codes.values())))
   panels = []
   for title, kw, h in sides:
     fc = kw.get("face_channels")
     if fc is not None:
       fc = _fit_length(_check(f"{title or 'face'} face_channels", fc, dims=(6,)), t)
-    panels.append(_Panel(h, fc, codes.get(title), pose_ref, pca, size, title))
+    panels.append(Panel(h, fc, codes.get(title), pose_ref, pca, size, title))
   return panels, t
 
 

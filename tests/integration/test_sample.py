@@ -14,9 +14,9 @@ import soundfile
 
 from avflow_jax import sample
 from avflow_jax.core import constants as C
-from avflow_jax.core import run_dir
 from avflow_jax.data import clips
 from avflow_jax.inference import render
+from tests import fixtures
 from tests.integration import test_api
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork")  # ffmpeg and CLI subprocesses.
@@ -327,41 +327,9 @@ def test_trained_run_round_trip(tiny_shards, tokens_file, tmp_path, capsys):
   check_sample_files(str(out), "clip", 120)
 
 
-def _t2t_workdir(root, data_dir):
-  """A text-to-tokens run (configs/text_to_tokens.py:tiny) with random weights."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from avflow_jax.core import checkpointing  # pylint: disable=g-import-not-at-top
-  from avflow_jax.models import text_to_tokens  # pylint: disable=g-import-not-at-top
-  from configs import text_to_tokens as t2t_config  # pylint: disable=g-import-not-at-top
-  c = t2t_config.get_config("tiny")
-  run_dir.save_run_config(c, root, data_dir)
-  model = text_to_tokens.make_model(c)
-  # Shapes from a trace, values from numpy: compiling the real init costs ~10 s of CPU.
-  shapes = jax.eval_shape(lambda: text_to_tokens.init_params(model, jax.random.PRNGKey(0), 16,
-                                                             32))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = getattr(path[-1], "key", str(path[-1]))
-    if name == "scale":
-      return np.ones(leaf.shape, leaf.dtype)
-    if name == "bias":
-      return np.zeros(leaf.shape, leaf.dtype)
-    return (0.1 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-  params = jax.tree_util.tree_map_with_path(fill, shapes)
-  manager = checkpointing.make_manager(os.path.join(root, "checkpoints"), keep=1,
-                                       async_save=False)
-  checkpointing.save(manager, 1, {"step": np.int32(1), "params": params, "ema": params},
-                     force=True)
-  manager.wait_until_finished()
-  manager.close()
-  return root
-
-
 def test_cli_text_input(workdir, tiny_shards, tmp_path, capsys):
   pytest.importorskip("avflow_jax.models.text_to_tokens")
-  t2t = _t2t_workdir(str(tmp_path / "t2t"), tiny_shards)
+  t2t = fixtures.random_t2t_workdir(str(tmp_path / "t2t"), tiny_shards)
   out = tmp_path / "text_out"
   rc = sample.main(["--workdir", workdir, "--text", "Hello there.", "--t2t-workdir", t2t,
                     "--output", str(out), "--steps", "1"])
