@@ -47,6 +47,9 @@ def get_config(arg=None):
   c.model.windows = (16, 8)  # (left, right) frames seen; one pair for all layers, or a list of
   # pairs, one per layer; a negative value means unbounded (full attention) for that layer.
   c.model.attention_block = 64  # Query block of the linear-cost windowed attention.
+  c.model.token_lookahead = 0  # Frames the token conditioning is read ahead: frame i sees the
+  # tokens of frame i + k, so lips can anticipate speech with small right windows; a stream
+  # waits k frames more (0 = the paper's and the official model's conditioning).
   c.model.variant = "av_flow"  # "av_flow", or the paper's ablations: "separate" (two towers,
   # no connection), "shared" (one tower for both modalities), "cascaded" (tokens -> mel, then
   # mel -> motion); see avflow_jax/models/dit.py.

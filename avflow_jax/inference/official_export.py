@@ -81,6 +81,10 @@ def export_run(workdir: str, output: str, *, which: str = "ema",
   if variant != "av_flow":
     raise AvatarError(f"--workdir {workdir}: a {variant!r} ablation run; the official format "
                       "only holds the av_flow model")
+  if config.model.get("token_lookahead", 0):
+    raise AvatarError(f"--workdir {workdir}: trained with model.token_lookahead="
+                      f"{config.model.token_lookahead}; the official code conditions frame i on "
+                      "its own tokens and would sample it wrongly")
   step, params = run_dir.load_params(workdir, which)
   state = official_keys.official_from_av_params(layer_layout.to_layout(_host(params), False))
   torch_writer.write_torch_checkpoint(output, _checkpoint(step, state, config))

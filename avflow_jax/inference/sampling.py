@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avflow_jax.core import flow
+from avflow_jax.models import av_config
 from avflow_jax.models import dit
 
 
@@ -40,8 +41,13 @@ def unit_quaternions(head):
   return xp.concatenate([q / n, head[..., 4:]], -1).astype(head.dtype)
 
 
-def condition(stats, tokens, participant=None):
-  """The network's per-frame conditioning: normalised tokens (+ normalised participant)."""
+def condition(stats, tokens, participant=None, token_lookahead: int = 0, lengths=None):
+  """The network's per-frame conditioning: normalised tokens (+ normalised participant).
+
+  With `token_lookahead` k (the model's), frame i holds the tokens of frame i + k, the last
+  real frame (`lengths`) held: as the model was trained.
+  """
+  tokens = av_config.shift_ahead(tokens, token_lookahead, lengths)
   cond = _norm(tokens.astype(jnp.float32), stats, "tokens")
   if participant is not None:
     cond = jnp.concatenate([cond, _norm(participant.astype(jnp.float32), stats,
@@ -96,7 +102,7 @@ def sample(av_model, head_vae, params, tokens, rng, *, num_steps: int = 8,
      "head_latent": (B, T, 8)}, de-normalised to data units.
   """
   stats = params["stats"]
-  cond = condition(stats, tokens, participant)
+  cond = condition(stats, tokens, participant, getattr(av_model, "token_lookahead", 0), lengths)
   b, t = cond.shape[:2]
   vis, aud = av_model.visual_dim, av_model.audio_dim
   if x0 is None:

@@ -139,7 +139,8 @@ class StreamingSampler:
 
   Attributes:
     lookahead_frames: input frames the sampler needs past an output frame before returning it
-      (K × lag + the head-VAE decoder's right window; 0 more once `close` is called).
+      (K × lag + the head-VAE decoder's right window + the model's token look-ahead; 0 more
+      once `close` is called).
     exact: whether the output equals the offline sampler's (exact mode and a windowed head-VAE
       decoder; with a full-attention decoder only the head pose differs).
   """
@@ -185,12 +186,15 @@ class StreamingSampler:
     ahead = self.num_steps * self.lag + (0 if self.lag == self.right else self.chunk - 1)
     if hw is None and self.lag == self.right:  # A full-attention decoder's chunk boundary.
       ahead += self.chunk - 1
-    self.lookahead_frames = ahead + self.head_right
+    self.token_lookahead = int(getattr(av_model, "token_lookahead", 0))
+    self.lookahead_frames = ahead + self.head_right + self.token_lookahead
     self._key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
     self._temperature = np.float32(temperature)
     self._width = width
     self.uses_participant = bool(uses_participant)
     self._cond = None  # _Frames once the first chunk shows the conditioning width.
+    # Raw inputs not yet turned into conditioning: frame i's needs the tokens of i + k.
+    self._raw_tokens, self._raw_part, self._raw_start, self._pushed = [], [], 0, 0
     self._states = [_Frames(width) for _ in range(self.num_steps + 1)]
     self._head = _Frames(int(params["stats"]["head"][0].shape[-1]))
     self._emitted = 0
@@ -213,7 +217,7 @@ class StreamingSampler:
   @property
   def frames_in(self) -> int:
     """Input frames pushed so far."""
-    return self._states[0].end
+    return self._pushed
 
   @property
   def frames_out(self) -> int:
@@ -223,6 +227,7 @@ class StreamingSampler:
   def buffered_frames(self) -> int:
     """Frames held in all buffers (bounded by the look-ahead and windows, not the stream)."""
     held = [len(s.data) for s in self._states] + [len(self._head.data)]
+    held += [len(t) for t in self._raw_tokens]
     return sum(held) + (0 if self._cond is None else len(self._cond.data))
 
   def push(self, tokens, participant=None) -> dict[str, np.ndarray]:
@@ -249,22 +254,47 @@ class StreamingSampler:
       if participant.ndim != 2 or participant.shape[0] != tokens.shape[0]:
         raise ValueError(f"participant: shape {participant.shape}, expected "
                          f"({tokens.shape[0]}, features): the tokens' frames")
-    n = tokens.shape[0]
-    if n:
-      cond = np.asarray(sampling.condition(self.params["stats"], tokens, participant))
-      if self._cond is None:
-        self._cond = _Frames(cond.shape[-1])
-      self._cond.append(cond)
-      start = self.frames_in
-      noise = np.concatenate([np.asarray(_noise_block(self._key, np.uint32(a), self.chunk,
-                                                      self._width))
-                              for a in range(start, start + n, self.chunk)])[:n]
-      self._states[0].append(self._temperature * noise)
+    if tokens.shape[0]:
+      self._raw_tokens.append(tokens)
+      self._raw_part.append(participant)
+      self._pushed += tokens.shape[0]
+      self._condition()
     return self._advance()
+
+  def _condition(self) -> None:
+    """Turns the raw inputs into conditioning and initial noise as far as they reach."""
+    k = self.token_lookahead
+    start = self._states[0].end  # Conditioning frames so far.
+    end = self._pushed if self.closed else self._pushed - k
+    if end <= start:
+      return
+    tok = np.concatenate(self._raw_tokens)  # Frames [self._raw_start, self._pushed).
+    idx = np.minimum(np.arange(start, end) + k, self._pushed - 1) - self._raw_start
+    part = None
+    if self.uses_participant:
+      part = np.concatenate(self._raw_part)[start - self._raw_start:end - self._raw_start]
+    cond = np.asarray(sampling.condition(self.params["stats"], tok[idx], part))
+    if self._cond is None:
+      self._cond = _Frames(cond.shape[-1])
+    self._cond.append(cond)
+    n = end - start
+    noise = np.concatenate([np.asarray(_noise_block(self._key, np.uint32(a), self.chunk,
+                                                    self._width))
+                            for a in range(start, end, self.chunk)])[:n]
+    self._states[0].append(self._temperature * noise)
+    # Keep the raw frames the next conditioning frames read: from `end` on.
+    self._raw_tokens = [tok[end - self._raw_start:]]
+    if self.uses_participant:
+      self._raw_part = [np.concatenate(self._raw_part)[end - self._raw_start:]]
+    else:
+      self._raw_part = [None]
+    self._raw_start = end
 
   def close(self) -> dict[str, np.ndarray]:
     """Ends the input: the remaining frames, computed as the offline sampler ends a sequence."""
     self.closed = True
+    if self._pushed:
+      self._condition()  # The last frames' tokens: the last real one held.
     return self._advance()
 
   # ---- The wavefront ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 # The velocity networks `config.model.variant` selects (see `models/dit.py`): AV-Flow and the
 # paper's three ablations (Table 1).
@@ -17,6 +18,26 @@ VARIANTS = ("av_flow", "separate", "shared", "cascaded")
 def variant_of(model_cfg) -> str:
   """`config.model.variant`, "av_flow" for runs saved before the knob existed."""
   return model_cfg.get("variant", "av_flow")
+
+
+def token_lookahead(model_cfg) -> int:
+  """`config.model.token_lookahead`: frames the token conditioning is read ahead (0 before it)."""
+  return int(model_cfg.get("token_lookahead", 0))
+
+
+def shift_ahead(x, frames: int, lengths=None):
+  """(B, T, D) -> the same with frame i holding frame i + `frames`, the last real one held.
+
+  A model conditioned on tokens read ahead anticipates speech by `frames` without any right
+  attention window, so it streams with only that look-ahead. `lengths` (B,) marks each row's
+  real frames (padding past them is never read); None: all T.
+  """
+  if not frames:
+    return x
+  t = x.shape[1]
+  last = (jnp.full((x.shape[0],), t) if lengths is None else jnp.asarray(lengths)) - 1
+  idx = jnp.minimum(jnp.arange(t)[None, :] + frames, jnp.maximum(last, 0)[:, None])
+  return jnp.take_along_axis(x, idx[..., None], axis=1)
 
 
 REMAT_POLICIES = {

@@ -215,6 +215,9 @@ class AVFlowTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   attention: str = "blocked"
   scan_layers: bool = False
+  # Frames its token conditioning is read ahead (`av_config.shift_ahead`, applied by whoever
+  # builds the conditioning: the training task and the samplers); no parameter depends on it.
+  token_lookahead: int = 0
 
   @nn.compact
   def __call__(self, x_visual, x_audio, cond, t, lengths=None):
@@ -309,7 +312,7 @@ class _TowerArgs(nn.Module):
   remat: str = "none"
   dtype: Dtype = jnp.float32
   attention: str = "blocked"
-
+  token_lookahead: int = 0  # As `AVFlowTransformer.token_lookahead`.
 
 
 class SeparateTransformer(_TowerArgs):
@@ -388,7 +391,8 @@ def make_av_model(model_cfg, dims: av_config.AVDims) -> nn.Module:
             hidden_dim=model_cfg.hidden_dim, num_heads=model_cfg.num_heads,
             windows=av_config.layer_windows(model_cfg.windows, model_cfg.num_layers),
             attention_block=model_cfg.attention_block,
-            remat=av_config.remat_policy(model_cfg.get("remat", False)), dtype=dtype, attention=impl)
+            remat=av_config.remat_policy(model_cfg.get("remat", False)), dtype=dtype, attention=impl,
+            token_lookahead=av_config.token_lookahead(model_cfg))
   if variant == "av_flow":
     return AVFlowTransformer(**kw, fusion=model_cfg.fusion,
                                  scan_layers=bool(model_cfg.get("scan_layers", False)))

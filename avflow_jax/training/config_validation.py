@@ -87,6 +87,9 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
   dims = manifest["dims"]
   if config.task == "av":
     _validate_av_model(config.model)
+    if config.model.get("token_lookahead", 0) >= config.data.crop_frames:
+      _fail("model.token_lookahead", f"{config.model.token_lookahead} frames: must be shorter "
+            f"than a training crop (data.crop_frames={config.data.crop_frames})")
     for stream in ("face", "mel", "tokens", "head"):
       if not dims.get(stream):
         _fail("data.dir", f"the data has no {stream!r} stream (dims {dims}); the AV model needs "
@@ -128,6 +131,9 @@ def _validate_av_model(m) -> None:
     av_config.layer_windows(m.windows, m.num_layers)
   except ValueError as e:
     raise ValueError(str(e)) from None
+  ahead = m.get("token_lookahead", 0)
+  if not isinstance(ahead, int) or isinstance(ahead, bool) or ahead < 0:
+    _fail("model.token_lookahead", f"{ahead!r} must be an integer >= 0 (frames)")
   try:
     jnp.dtype(m.dtype)
   except TypeError:

@@ -55,6 +55,7 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
   weights = {"face": config.loss.face_weight, "head": config.loss.head_weight,
              "mel": config.loss.mel_weight}
   sigma_min = config.loss.sigma_min
+  lookahead = av_config.token_lookahead(config.model)
 
   def init(rng):
     return dit.init_av_params(model, av_dims, rng, crop)
@@ -68,7 +69,9 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
     head_latent = jax.lax.stop_gradient(head_latent)
     x1_v = jnp.concatenate([batch["face"], head_latent], -1)
     x1_a = batch["mel"]
-    cond = batch["tokens"]
+    # Frame i is conditioned on the tokens of frame i + token_lookahead (the crop's last real
+    # frame held), as the samplers build it.
+    cond = av_config.shift_ahead(batch["tokens"], lookahead, valid.sum(-1).astype(jnp.int32))
     if config.data.participant:
       cond = jnp.concatenate([cond, batch["participant"]], -1)
     b = x1_a.shape[0]

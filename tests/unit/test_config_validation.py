@@ -38,6 +38,9 @@ def test_tiny_config_is_valid():
     ("optim__grad_clip", math.inf, "config.optim.grad_clip: inf must be a finite number"),
     ("eval_batches", 0, "config.eval_batches: 0 must be >= 1"),
     ("data__num_workers", -2, "config.data.num_workers: -2 must be >= 0"),
+    ("model__token_lookahead", -1, "config.model.token_lookahead: -1 must be an integer >= 0"),
+    ("model__token_lookahead", 48, "config.model.token_lookahead: 48 frames: must be shorter "
+     r"than a training crop \(data.crop_frames=48\)"),
 ])
 def test_out_of_range_numbers_name_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):

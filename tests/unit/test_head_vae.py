@@ -79,7 +79,7 @@ def test_gradients_equal_full_attention(monkeypatch):
     def f(p):
       recon, mu, log_var = model.apply({"params": p}, x, jax.random.PRNGKey(3), mask)
       return head_vae.vae_loss(recon, x, mu, log_var, mask.astype(jnp.float32))[0]
-    return jax.grad(f)(params)
+    return jax.jit(jax.grad(f))(params)  # Eager dispatch of every op costs ~30 s.
 
   for a, b in zip(jax.tree.leaves(loss(new)), jax.tree.leaves(loss(ref))):
     np.testing.assert_allclose(a, b, atol=1e-5)

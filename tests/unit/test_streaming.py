@@ -39,9 +39,10 @@ def _stats(participant: bool):
   return stats
 
 
-def _setup(variant="av_flow", participant=False, vae_window=(3, 2)):
+def _setup(variant="av_flow", participant=False, vae_window=(3, 2), token_lookahead=0):
   cfg = tiny.get_config().model
   cfg.variant = variant
+  cfg.token_lookahead = token_lookahead
   dims = av_config.AVDims(face=256, head_latent=8, audio=80, cond=29 + 87 * participant,
                           participant=87 * participant)
   model = dit.make_av_model(cfg, dims)
@@ -69,9 +70,10 @@ def _stream(model, vae, params, tok, part, sizes, **kw):
   return st, {k: np.concatenate([o[k] for o in outs]) for k in streaming.STREAMS}
 
 
-@pytest.mark.parametrize("variant,participant", [("av_flow", False), ("shared", True)])
-def test_exact_mode_equals_the_offline_sampler_for_any_chunking(variant, participant):
-  model, vae, params = _setup(variant, participant)
+@pytest.mark.parametrize("variant,participant,ahead", [("av_flow", False, 0),
+                                                        ("shared", True, 5)])
+def test_exact_mode_equals_the_offline_sampler_for_any_chunking(variant, participant, ahead):
+  model, vae, params = _setup(variant, participant, token_lookahead=ahead)
   tok, part = _inputs(participant)
   off = jax.device_get(sampling.sample(model, vae, params, tok[None], jax.random.PRNGKey(7),
                                        participant=None if part is None else part[None]))
@@ -97,6 +99,11 @@ def test_lookahead_is_what_the_stream_waits_for():
   for n in (10, 30, 60, 100):
     st.push(tok[st.frames_in:n])
     assert st.frames_out == max(0, n - st.lookahead_frames)  # Frame-accurate.
+  ahead = streaming.StreamingSampler(_setup(token_lookahead=6)[0], vae, params)
+  assert ahead.lookahead_frames == st.lookahead_frames + 6  # Tokens read 6 frames ahead.
+  for n in (10, 30, 60, 100):
+    ahead.push(tok[ahead.frames_in:n])
+    assert ahead.frames_out == max(0, n - ahead.lookahead_frames)
   low = streaming.StreamingSampler(model, vae, params, chunk_frames=4, lag_frames=1)
   assert low.lookahead_frames < st.lookahead_frames
   for n in (10, 30, 60, 100):
@@ -204,3 +211,11 @@ def test_30fps_streams_equal_the_offline_resampling():
       out.append(fps.push(x[i:i + n], closed=k == len(sizes) - 1))
       i += n
     np.testing.assert_allclose(np.concatenate(out), ref, atol=1e-6, err_msg=str(sizes))
+
+
+def test_tokens_read_ahead_hold_each_rows_last_real_frame():
+  x = np.arange(2 * 6, dtype=np.float32).reshape(2, 6, 1)
+  got = np.asarray(av_config.shift_ahead(x, 2, np.array([6, 3])))[..., 0]
+  np.testing.assert_array_equal(got[0], [2, 3, 4, 5, 5, 5])
+  np.testing.assert_array_equal(got[1][:3], [8, 8, 8])  # Row 1 has 3 real frames: 6, 7, 8.
+  np.testing.assert_array_equal(av_config.shift_ahead(x, 0), x)
