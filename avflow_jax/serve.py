@@ -109,6 +109,19 @@ class Server:
         text_to_tokens=self.text_to_tokens if self.t2t is not None else None,
         participant=self.participant, participant_audio=self.participant_audio)
 
+  def warmup(self) -> float:
+    """Compiles what a conversation runs (sampler windows, vocoder, text-to-tokens) up front,
+    so the first page is not kept waiting; returns the seconds it took."""
+    t = time.perf_counter()
+    conv = self.new_conversation()
+    if self.t2t is not None:
+      conv.say("Hello there, how are you?")
+    painter = live_video.FramePainter(*self.head_stats)
+    while conv.audio_frames_out < 2 * conv.vocoder.chunk:
+      out = conv.advance(self.args.chunk_frames)
+      painter.paint(out["head"], face_channels=out["rig"], face_codes=out["face"])
+    return time.perf_counter() - t
+
   def hello(self, conv) -> dict:
     return {"type": "hello", "sample_rate": C.SAMPLE_RATE, "fps": C.VIDEO_FPS,
             "frame_rate": C.FRAME_RATE, "lookahead_frames": conv.lookahead_frames,
@@ -316,6 +329,8 @@ class BackgroundServer:
 
 def run(args) -> None:
   server = load_server(args)
+  print("compiling the avatar's stream ...", flush=True)
+  print(f"ready in {server.warmup():.1f} s", flush=True)
   conv = server.new_conversation()
   print(f"look-ahead {1000 * conv.lookahead_frames / C.FRAME_RATE:.0f} ms (model "
         f"{1000 * conv.sampler.lookahead_frames / C.FRAME_RATE:.0f} ms, "

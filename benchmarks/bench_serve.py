@@ -10,7 +10,8 @@ does not depend on the weights), opens the page in Debian's headless chromium, t
 page's own figures: submit_to_first_audio_ms (from pressing Say until the sentence's first
 audio plays), beyond_lookahead_ms (that minus the look-ahead the page shows), the real-time
 factor (compute seconds of all chunks per second of audio sent), and underruns (rebases).
-The first sentence compiles text-to-tokens for its length and is reported apart. Prints
+The server compiles first (`Server.warmup`, as `serve` does before it listens); the first
+sentence is still reported apart. Prints
 progress, then ONE JSON line.
 """
 
@@ -69,6 +70,8 @@ def main():
                                                  args.serve_args.split())
     server = serve.Server(api.Avatar.load(workdir), server_args,
                           api.load_text_to_tokens(t2t_dir))
+    warmup_s = server.warmup()
+    print(f"warm-up (compilation) {warmup_s:.1f} s", file=sys.stderr)
     why = browser.missing()
     if why:
       sys.exit(f"error: {why}")
@@ -101,7 +104,7 @@ def main():
       "device": jax.devices()[0].device_kind, "workdir": args.workdir, "config": args.config,
       "serve_args": args.serve_args, "lookahead_ms": hello["lookahead_ms"],
       "model_lookahead_ms": hello["model_lookahead_ms"], "buffer_ms": hello["buffer_ms"],
-      "exact": hello["exact"],
+      "exact": hello["exact"], "warmup_s": warmup_s,
       "first_sentence_ms": turns[0]["ms"],
       "submit_to_first_audio_ms": statistics.median(t["ms"] for t in later),
       "beyond_lookahead_ms": statistics.median(t["beyond_ms"] for t in later),

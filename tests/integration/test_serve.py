@@ -94,6 +94,35 @@ def test_conversation_refuses_bad_turns_and_goes_on(avatar):
   assert out["audio"].size > 0  # Still talking.
 
 
+def test_a_recorded_participant_is_played_back_then_a_still_listener(tmp_path):
+  from avflow_jax.training import random_init  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  shards = synthetic.write_synthetic_shards(str(tmp_path / "shards"), n_train=2, n_val=1,
+                                            participant=True)
+  config = tiny.get_config()
+  config.data.participant = True
+  dyadic = api.Avatar.load(random_init.init_workdir(config, str(tmp_path / "run"), shards))
+  with pytest.raises(AvatarError, match="87"):
+    conversation.Conversation(dyadic, participant=np.zeros((50, 30), np.float32))
+  rec = dyadic.neutral_participant(120) + 0.5
+  voice = np.sin(np.arange(120 * C.HOP_LENGTH) / 30.0).astype(np.float32)
+  conv = conversation.Conversation(dyadic, chunk_frames=16, participant=rec,
+                                   participant_audio=voice)
+  assert conv.dyadic
+  np.testing.assert_array_equal(conv._participant_frames(100, 130)[:20], rec[100:])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(conv._participant_frames(100, 130)[20:],  # pylint: disable=protected-access
+                                np.broadcast_to(dyadic.neutral_participant(1), (10, 87)))
+  heard = []
+  while conv.frames_in < 300:  # Past the recording's end: the avatar goes on listening.
+    out = conv.advance(40)
+    assert out["participant_audio"].size == out["audio"].size
+    heard.append(out["participant_audio"])
+  heard = np.concatenate(heard)
+  np.testing.assert_array_equal(heard[:voice.size], voice)  # In step with the avatar's audio.
+  assert not heard[voice.size:].any()
+
+
 # ---- The endpoint ---------------------------------------------------------------------------
 
 def _server(avatar, t2t=None, extra=()):
@@ -177,6 +206,7 @@ def test_page_speaks_a_typed_sentence_in_headless_chromium(avatar, tiny_shards, 
   t2t = api.load_text_to_tokens(fixtures.random_t2t_workdir(str(tmp_path / "t2t"), tiny_shards))
   server = _server(avatar, t2t)
   driver = _chromium(tmp_path)
+  server.warmup()  # As `serve` does before it listens.
   try:
     with serve.BackgroundServer(server) as url:
       driver.get(url)
