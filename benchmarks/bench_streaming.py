@@ -52,9 +52,10 @@ def _inputs(avatar, seconds: float, random_tokens: bool):
                                   else None)
 
 
-def _run(avatar, tok, part, chunk: int, lag, seed: int):
+def _run(avatar, tok, part, chunk: int, lag, seed: int, window_chunk: int = 64):
   """One stream: (mel, per-push compute seconds, compute until the first output, sampler)."""
-  stream = api.StreamingSampler.for_avatar(avatar, seed=seed, lag_frames=lag)
+  stream = api.StreamingSampler.for_avatar(avatar, seed=seed, lag_frames=lag,
+                                           chunk_frames=window_chunk)
   mels, times, first = [], [], None
   spent = 0.0
   for i in range(0, len(tok), chunk):
@@ -80,6 +81,8 @@ def main():
   ap.add_argument("--seconds", type=float, default=30.0)
   ap.add_argument("--chunk-seconds", type=float, default=0.5)
   ap.add_argument("--lags", default="exact,4,1,0", help="modes: exact or frames per step")
+  ap.add_argument("--chunk-frames", type=int, default=64,
+                  help="frames the sampler computes per network evaluation (its chunk_frames)")
   args = ap.parse_args()
   with tempfile.TemporaryDirectory() as root:
     workdir = args.workdir
@@ -95,12 +98,14 @@ def main():
   chunk = max(1, int(round(args.chunk_seconds * C.FRAME_RATE)))
   offline = avatar.sample_motion(tok, seed=0, participant=part)["mel"][0]
   result = {"device": jax.devices()[0].device_kind, "workdir": args.workdir,
-            "config": args.config, "seconds": args.seconds, "chunk_frames": chunk,
+            "config": args.config, "seconds": args.seconds, "push_frames": chunk,
+            "chunk_frames": args.chunk_frames,
             "windows": [list(w) for w in avatar.loaded.model.windows], "modes": []}
   for mode in args.lags.split(","):
     lag = None if mode == "exact" else int(mode)
-    _run(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0)
-    mel, times, first, stream = _run(avatar, tok, part, chunk, lag, 0)
+    _run(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0,
+         args.chunk_frames)
+    mel, times, first, stream = _run(avatar, tok, part, chunk, lag, 0, args.chunk_frames)
     diff = np.abs(mel - offline)
     row = {"mode": mode, "lag_frames": stream.lag, "exact": stream.exact,
            "lookahead_frames": stream.lookahead_frames,

@@ -5,7 +5,8 @@ r"""The accelerator check `benchmarks/gpu_check.sh` runs: every figure of issue 
 On the device (base config, bf16 compute): train.py's step at batch 16 and 256 x 345 for each
 attention implementation (step time, frames/s, FLOPs, utilisation against the datasheet peak,
 peak device memory, compile time), sampling 20 s and 60 s at batch 1 and 64, text -> AV for
-20 s (text-to-tokens with random weights scaled to 20 s, then the AV sampler), and the input
+20 s (text-to-tokens with random weights scaled to 20 s, then the AV sampler), the streaming
+sampler in exact mode (compute per pushed 0.5 s chunk: issue 15's 10 ms), and the input
 pipeline with 0 and more Grain workers. `--dry-run` takes the same path on the CPU with the tiny
 config, short crops and small batches, in about a minute: a test runs it so the script cannot
 rot. Each stage runs only while the time budget lasts (a skipped stage says so) and a stage that
@@ -33,10 +34,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FULL = dict(config="configs/base.py", dtype="bfloat16", frames=345, batches=(16, 256),
             sample_seconds=(20.0, 60.0), sample_batches=(1, 64), t2t_seconds=20.0,
-            workers=(0, 4, 8), corpus_mb=1024, input_seconds=6.0, repeats=10)
+            workers=(0, 4, 8), corpus_mb=1024, input_seconds=6.0, repeats=10,
+            stream_chunks=40)
 DRY = dict(config="configs/tiny.py", dtype="bfloat16", frames=48, batches=(8,),
            sample_seconds=(2.0,), sample_batches=(1, 2), t2t_seconds=2.0,
-           workers=(0, 1), corpus_mb=16, input_seconds=1.0, repeats=2)
+           workers=(0, 1), corpus_mb=16, input_seconds=1.0, repeats=2, stream_chunks=6)
 
 
 def _process_peak_memory() -> int:
@@ -118,6 +120,27 @@ def t2t_stage(plan, avatar) -> dict:
   return out
 
 
+def stream_stage(plan, avatar) -> dict:
+  """The streaming sampler in exact mode: compute per pushed 0.5 s chunk (the issue's 10 ms)."""
+  from avflow_jax import api  # pylint: disable=g-import-not-at-top
+  from avflow_jax.core import constants  # pylint: disable=g-import-not-at-top
+  push = int(round(0.5 * constants.FRAME_RATE))
+  tokens = np.random.default_rng(0).normal(
+      size=(push * plan["stream_chunks"], constants.TOKEN_DIM)).astype(np.float32)
+  stream = api.StreamingSampler.for_avatar(avatar, chunk_frames=64)
+  times = []
+  for i in range(0, len(tokens), push):
+    t0 = time.perf_counter()
+    stream.push(tokens[i:i + push])
+    times.append(time.perf_counter() - t0)
+  steady = times[len(times) // 2:]  # Past compilation and the look-ahead's fill.
+  out = {"push_frames": push, "lookahead_frames": stream.lookahead_frames,
+         "chunk_ms": 1e3 * float(np.median(steady)), "rtf": float(np.sum(steady)) /
+         (0.5 * len(steady)), "first_push_s": times[0]}
+  print(f"stream: {out}", flush=True)
+  return out
+
+
 def input_stage(plan, data_dir, root) -> dict:
   """Crops/s of the training pipeline (no cache, frame-uniform, crop as trained) per workers."""
   import bench_input  # pylint: disable=g-import-not-at-top
@@ -155,6 +178,10 @@ def markdown(result: dict) -> str:
     lines += ["", f"Text → AV, {r['t2t_frames']} frames: {r['text_to_av_ms']:.1f} ms "
               f"(front end {1e3 * r['t2t_frontend_s']:.1f} ms, text → tokens "
               f"{1e3 * r['t2t_s']:.1f} ms, AV sampler {1e3 * r['sample_s']:.1f} ms)."]
+  if result.get("stream"):
+    r = result["stream"]
+    lines += ["", f"Streaming (exact mode, look-ahead {r['lookahead_frames']} frames): one 0.5 s "
+              f"chunk {r['chunk_ms']:.1f} ms, real-time factor {r['rtf']:.3f}."]
   if result.get("input"):
     lines += ["", "| Grain workers | crops/s | crops per CPU-second |", "|---|---|---|"]
     for r in result["input"]["runs"]:
@@ -187,13 +214,14 @@ def main():
     stages = [("train", lambda: train_stage(plan, data_dir)),
               ("sample", lambda: sample_stage(plan, data_dir, root)),
               ("text_to_av", lambda: t2t_stage(plan, avatar)),
+              ("stream", lambda: stream_stage(plan, avatar)),
               ("input", lambda: input_stage(plan, data_dir, root))]
     for name, fn in stages:
       spent = time.perf_counter() - t_start
       if spent > args.budget_s:
         result["skipped"][name] = f"time budget ({spent:.0f} s of {args.budget_s:.0f} s spent)"
         continue
-      if name == "text_to_av" and avatar is None:
+      if name in ("text_to_av", "stream") and avatar is None:
         result["skipped"][name] = "no avatar (the sampling stage failed)"
         continue
       try:

@@ -122,12 +122,12 @@ def test_training_split_summary_respects_the_holdout(demo_shards):
 def runs(demo_shards, tmp_path_factory):
   """A dyadic tiny avatar and a tiny text-to-tokens run (random weights) on the demo shards."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from tests.integration import test_sample  # pylint: disable=g-import-not-at-top
+  from tests import fixtures  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("evaluate_text")
   config = tiny.get_config()
   config.data.participant = True
   av = random_init.init_workdir(config, str(root / "av"), demo_shards)
-  t2t = test_sample._t2t_workdir(str(root / "t2t"), demo_shards)  # pylint: disable=protected-access
+  t2t = fixtures.random_t2t_workdir(str(root / "t2t"), demo_shards)
   return {"av": av, "t2t": t2t, "root": root, "data": demo_shards}
 
 

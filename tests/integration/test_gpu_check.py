@@ -25,9 +25,10 @@ def test_gpu_check_dry_run_measures_every_stage(tmp_path):
     assert row["step_ms"] > 0 and row["gflop_per_step"] > 0 and 0 < row["utilisation"] < 1
   assert [r["batch"] for r in result["sample"]] == [1, 2]
   assert result["text_to_av"]["text_to_av_ms"] > 0
+  assert result["stream"]["chunk_ms"] > 0 and result["stream"]["lookahead_frames"] > 0
   assert [r["workers"] for r in result["input"]["runs"]] == [0, 1]
   table = (tmp_path / "gpu_check.md").read_text()
-  assert "| cudnn | 8 × 48 |" in table and "Grain workers" in table
+  assert "| cudnn | 8 × 48 |" in table and "Grain workers" in table and "Streaming" in table
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
   # A bad argument is one line and exit code 2.
   bad = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--fast"],
