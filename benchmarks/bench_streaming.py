@@ -13,8 +13,10 @@ push), first_output_s (compute from the first push until the first output frames
 look-ahead's worth of input pushed as fast as it arrives: what a listener waits for beyond the
 look-ahead itself), and max_abs_diff / mean_abs_diff of the mel against the offline sampler
 with the same seed (0 up to rounding in exact mode). Then the vocoder on the stream
-(`StreamingVocoder`, 0.5 s chunks): its real-time factor, look-ahead, and the MCD between its
-waveform and whole-clip vocoding of the same mel. Prints progress, then ONE JSON line.
+(`StreamingVocoder`) for each --vocoder-chunks setting "chunk,context,crossfade" (frames; "-"
+for the vocoder's default): its real-time factor, look-ahead, and the MCD between its waveform
+and whole-clip vocoding of the same mel (0 dB = the same speech). Prints progress, then ONE
+JSON line.
 """
 
 import argparse
@@ -83,6 +85,9 @@ def main():
   ap.add_argument("--lags", default="exact,4,1,0", help="modes: exact or frames per step")
   ap.add_argument("--chunk-frames", type=int, default=64,
                   help="frames the sampler computes per network evaluation (its chunk_frames)")
+  ap.add_argument("--vocoder-chunks", default="43,-,- 16,-,-",
+                  help='StreamingVocoder settings "chunk,context,crossfade" (frames, "-": the '
+                  'default), space-separated')
   args = ap.parse_args()
   with tempfile.TemporaryDirectory() as root:
     workdir = args.workdir
@@ -124,17 +129,25 @@ def main():
   t0 = time.perf_counter()
   whole = vocoder_lib.mel_to_audio(voc, offline)
   whole_s = time.perf_counter() - t0
-  stream = vocoder_lib.StreamingVocoder(voc)
-  t0 = time.perf_counter()
-  pieces = [stream.push(offline[i:i + chunk]) for i in range(0, len(offline), chunk)]
-  audio = np.concatenate(pieces + [stream.close()])
-  result["vocoder"] = {
-      "name": voc.name, "lookahead_frames": stream.lookahead_frames,
-      "rtf": (time.perf_counter() - t0) / args.seconds, "whole_clip_rtf": whole_s / args.seconds,
-      "mcd_vs_whole_clip": metrics.mcd(whole, audio, C.SAMPLE_RATE),
-      "max_abs_diff": float(np.abs(whole - audio).max())}
-  print(f"vocoder {voc.name}: rtf {result['vocoder']['rtf']:.3f}, MCD vs whole clip "
-        f"{result['vocoder']['mcd_vs_whole_clip']:.2f} dB", file=sys.stderr)
+  result["vocoder"] = []
+  for setting in args.vocoder_chunks.split():
+    chunk_f, context, fade = (None if v == "-" else int(v) for v in setting.split(","))
+    stream = vocoder_lib.StreamingVocoder(voc, chunk_frames=chunk_f or 43, context_frames=context,
+                                          crossfade_frames=fade)
+    t0 = time.perf_counter()
+    pieces = [stream.push(offline[i:i + chunk]) for i in range(0, len(offline), chunk)]
+    audio = np.concatenate(pieces + [stream.close()])
+    row = {"name": voc.name, "chunk_frames": stream.chunk, "context_frames": stream.context,
+           "crossfade_frames": stream.crossfade, "lookahead_frames": stream.lookahead_frames,
+           "lookahead_ms": 1e3 * stream.lookahead_frames / C.FRAME_RATE,
+           "rtf": (time.perf_counter() - t0) / args.seconds,
+           "whole_clip_rtf": whole_s / args.seconds,
+           "mcd_vs_whole_clip": metrics.mcd(whole, audio, C.SAMPLE_RATE),
+           "max_abs_diff": float(np.abs(whole - audio).max())}
+    result["vocoder"].append(row)
+    print(f"vocoder {voc.name} {setting}: look-ahead {row['lookahead_ms']:.0f} ms, rtf "
+          f"{row['rtf']:.3f}, MCD vs whole clip {row['mcd_vs_whole_clip']:.2f} dB",
+          file=sys.stderr)
   print(json.dumps(result))
 
 
