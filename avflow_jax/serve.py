@@ -68,6 +68,11 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--chunk-frames", type=int, default=32, help="frames per network evaluation")
   p.add_argument("--vocoder-chunk-frames", type=int, default=16,
                  help="mel frames per vocoder call")
+  p.add_argument("--vocoder-context-frames", type=int, default=None,
+                 help="mel frames of context each side of a vocoder call (default: the "
+                      "vocoder's, 16 Griffin-Lim, 32 BigVGAN)")
+  p.add_argument("--vocoder-crossfade-frames", type=int, default=None,
+                 help="frames two Griffin-Lim chunks overlap by (default 8)")
   p.add_argument("--buffer-ms", type=float, default=250.0,
                  help="how far the output is kept ahead of real time (smooths compute jitter)")
   p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
@@ -106,6 +111,8 @@ class Server:
     return conversation_lib.Conversation(
         self.avatar, seed=a.seed, num_steps=a.steps, chunk_frames=a.chunk_frames,
         lag_frames=a.lag_frames, vocoder_chunk_frames=a.vocoder_chunk_frames,
+        vocoder_context_frames=a.vocoder_context_frames,
+        vocoder_crossfade_frames=a.vocoder_crossfade_frames,
         text_to_tokens=self.text_to_tokens if self.t2t is not None else None,
         participant=self.participant, participant_audio=self.participant_audio)
 
@@ -177,7 +184,9 @@ class Session:
         await asyncio.sleep(0.02)
         continue
       sent = self.conv.audio_frames_out
-      msg = await self._call(self._compute_chunk, min(need, self.max_push))
+      # Whole chunks: a network call costs the same for 2 new frames as for chunk_frames.
+      n = min(max(need, self.server.args.chunk_frames), self.max_push)
+      msg = await self._call(self._compute_chunk, n)
       if msg["samples"] and (self.clock_start is None or wanted - sent > 2 * C.FRAME_RATE):
         # The page starts playing at the first audio, and re-bases on an underrun (compute
         # fell seconds behind): pace from the same points.
@@ -226,6 +235,7 @@ def make_app(server: Server):
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20.0)
     await ws.prepare(request)
     session = Session(server, ws, request.query.get("frames", "1") not in ("0", "false"))
+    open_sockets.add(ws)
     server.sessions += 1
     logging.info("conversation %d opened (%d open)", id(session), server.sessions)
     await ws.send_str(json.dumps(server.hello(session.conv)))
@@ -236,6 +246,7 @@ def make_app(server: Server):
     finally:
       output.cancel()
       reader.cancel()
+      open_sockets.discard(ws)
       server.sessions -= 1
     if reader.done() and not reader.cancelled() and reader.exception() is not None:
       logging.info("conversation %d: %s", id(session), reader.exception())  # A dropped peer.
@@ -256,8 +267,15 @@ def make_app(server: Server):
       elif msg.type == web.WSMsgType.ERROR:
         return
 
+  async def close_sockets(_):  # A conversation never ends by itself: end them on shutdown.
+    for ws in list(open_sockets):
+      await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+  from aiohttp import WSCloseCode  # pylint: disable=g-import-not-at-top
+  open_sockets = set()
   app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
   app.add_routes([web.get("/", page), web.get("/info", info), web.get("/stream", stream)])
+  app.on_shutdown.append(close_sockets)
   return app
 
 
@@ -285,7 +303,7 @@ def load_server(args) -> Server:
   try:
     server.new_conversation()  # Refuses unbounded windows, bad options, a foreign recording.
   except ValueError as e:
-    raise AvatarError(f"--workdir {args.workdir}: {e}") from e
+    raise AvatarError(f"cannot stream --workdir {args.workdir} with these options: {e}") from e
   return server
 
 

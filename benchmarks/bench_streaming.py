@@ -6,7 +6,8 @@ low-latency mode is from the offline sample.
 
 Drives `StreamingSampler` with --seconds of the split's first clip's tokens (tiled; random
 tokens with --config, which writes a random-weight run first), pushed in --chunk-seconds
-pieces as a live source would, once per mode of --lags ("exact" = ΣR, or frames per step).
+pieces as a live source would, once per mode of --lags ("exact" = ΣR with the layer-wise
+cache, "exact-recompute" = ΣR re-running each chunk's receptive field, or frames per step).
 Each mode runs once to compile, then is timed. Per mode: lookahead_s (the model's look-ahead),
 rtf (compute seconds per second of output, pushes and close), chunk_ms (median compute of one
 push), first_output_s (compute from the first push until the first output frames, with the
@@ -15,8 +16,10 @@ look-ahead itself), and max_abs_diff / mean_abs_diff of the mel against the offl
 with the same seed (0 up to rounding in exact mode). Then the vocoder on the stream
 (`StreamingVocoder`) for each --vocoder-chunks setting "chunk,context,crossfade" (frames; "-"
 for the vocoder's default): its real-time factor, look-ahead, and the MCD between its waveform
-and whole-clip vocoding of the same mel (0 dB = the same speech). Prints progress, then ONE
-JSON line.
+and whole-clip vocoding of the same mel (0 dB = the same speech), and mel_l1: the mean absolute
+difference between the waveform's own log-mel and the mel it was made from (the vocoder's
+fidelity; vocoder_whole_clip_mel_l1 for one whole-clip call). Prints progress, then ONE JSON
+line.
 """
 
 import argparse
@@ -54,10 +57,11 @@ def _inputs(avatar, seconds: float, random_tokens: bool):
                                   else None)
 
 
-def _run(avatar, tok, part, chunk: int, lag, seed: int, window_chunk: int = 64):
+def _run(avatar, tok, part, chunk: int, lag, seed: int, window_chunk: int = 64,
+         cache_layers: bool = True):
   """One stream: (mel, per-push compute seconds, compute until the first output, sampler)."""
   stream = api.StreamingSampler.for_avatar(avatar, seed=seed, lag_frames=lag,
-                                           chunk_frames=window_chunk)
+                                           chunk_frames=window_chunk, cache_layers=cache_layers)
   mels, times, first = [], [], None
   spent = 0.0
   for i in range(0, len(tok), chunk):
@@ -82,7 +86,9 @@ def main():
   src.add_argument("--config", help="an AV config: random weights at its size")
   ap.add_argument("--seconds", type=float, default=30.0)
   ap.add_argument("--chunk-seconds", type=float, default=0.5)
-  ap.add_argument("--lags", default="exact,4,1,0", help="modes: exact or frames per step")
+  ap.add_argument("--lags", default="exact,exact-recompute,4,1,0",
+                  help="modes: exact (layer-wise cache), exact-recompute (each chunk's whole "
+                  "receptive field), or frames per step")
   ap.add_argument("--chunk-frames", type=int, default=64,
                   help="frames the sampler computes per network evaluation (its chunk_frames)")
   ap.add_argument("--vocoder-chunks", default="43,-,- 16,-,-",
@@ -107,10 +113,11 @@ def main():
             "chunk_frames": args.chunk_frames,
             "windows": [list(w) for w in avatar.loaded.model.windows], "modes": []}
   for mode in args.lags.split(","):
-    lag = None if mode == "exact" else int(mode)
+    lag = None if mode.startswith("exact") else int(mode)
+    cache = mode != "exact-recompute"
     _run(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0,
-         args.chunk_frames)
-    mel, times, first, stream = _run(avatar, tok, part, chunk, lag, 0, args.chunk_frames)
+         args.chunk_frames, cache)
+    mel, times, first, stream = _run(avatar, tok, part, chunk, lag, 0, args.chunk_frames, cache)
     diff = np.abs(mel - offline)
     row = {"mode": mode, "lag_frames": stream.lag, "exact": stream.exact,
            "lookahead_frames": stream.lookahead_frames,
@@ -125,10 +132,15 @@ def main():
   # whole-clip vocoding of the same mel (MCD between the two: 0 = the same speech).
   from avflow_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   from avflow_jax.inference import vocoder as vocoder_lib  # pylint: disable=g-import-not-at-top
+  from data_prep import mel as mel_lib  # pylint: disable=g-import-not-at-top
   voc = avatar.vocoder
   t0 = time.perf_counter()
   whole = vocoder_lib.mel_to_audio(voc, offline)
   whole_s = time.perf_counter() - t0
+  # How far a waveform's own log-mel is from the mel it was made from (the vocoder's fidelity).
+  n = len(offline) - 4  # The last frames' analysis window runs past the clip.
+  mel_l1 = lambda y: float(np.abs(mel_lib.clip_mel(y)[:n] - offline[:n]).mean())
+  result["vocoder_whole_clip_mel_l1"] = mel_l1(whole)
   result["vocoder"] = []
   for setting in args.vocoder_chunks.split():
     chunk_f, context, fade = (None if v == "-" else int(v) for v in setting.split(","))
@@ -143,10 +155,11 @@ def main():
            "rtf": (time.perf_counter() - t0) / args.seconds,
            "whole_clip_rtf": whole_s / args.seconds,
            "mcd_vs_whole_clip": metrics.mcd(whole, audio, C.SAMPLE_RATE),
-           "max_abs_diff": float(np.abs(whole - audio).max())}
+           "mel_l1": mel_l1(audio), "max_abs_diff": float(np.abs(whole - audio).max())}
     result["vocoder"].append(row)
     print(f"vocoder {voc.name} {setting}: look-ahead {row['lookahead_ms']:.0f} ms, rtf "
-          f"{row['rtf']:.3f}, MCD vs whole clip {row['mcd_vs_whole_clip']:.2f} dB",
+          f"{row['rtf']:.3f}, MCD vs whole clip {row['mcd_vs_whole_clip']:.2f} dB, mel L1 "
+          f"{row['mel_l1']:.3f} (whole clip {result['vocoder_whole_clip_mel_l1']:.3f})",
           file=sys.stderr)
   print(json.dumps(result))
 

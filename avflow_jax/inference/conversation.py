@@ -50,6 +50,8 @@ class Conversation:
 
   def __init__(self, avatar, *, seed: int = 0, num_steps: int = 8, chunk_frames: int = 32,
                lag_frames: Optional[int] = None, vocoder_chunk_frames: int = 16,
+               vocoder_context_frames: Optional[int] = None,
+               vocoder_crossfade_frames: Optional[int] = None,
                text_to_tokens: Optional[Callable[[str], np.ndarray]] = None,
                participant: Optional[np.ndarray] = None,
                participant_audio: Optional[np.ndarray] = None, max_queued_seconds: float = 60.0):
@@ -57,6 +59,8 @@ class Conversation:
       avatar: a loaded `avatar.Avatar` (any windowed, non-cascaded model).
       seed, num_steps, chunk_frames, lag_frames: as `StreamingSampler` takes them.
       vocoder_chunk_frames: mel frames per vocoder call (fewer: less look-ahead, more calls).
+      vocoder_context_frames, vocoder_crossfade_frames: `StreamingVocoder`'s (None: the
+        vocoder's defaults); the look-ahead is chunk + context + crossfade - 1 frames.
       text_to_tokens: text -> (T, 29) raw token logits (a text-to-tokens run), for `say`.
       participant: (T, 87) recorded participant features on the mel grid (dyadic avatars),
         played from frame 0; afterwards, and when None, the training mean listens.
@@ -68,7 +72,9 @@ class Conversation:
     self.sampler = streaming.StreamingSampler.for_avatar(
         avatar, seed=seed, num_steps=num_steps, chunk_frames=chunk_frames,
         lag_frames=lag_frames)
-    self.vocoder = vocoder_lib.StreamingVocoder(avatar.vocoder, chunk_frames=vocoder_chunk_frames)
+    self.vocoder = vocoder_lib.StreamingVocoder(
+        avatar.vocoder, chunk_frames=vocoder_chunk_frames, context_frames=vocoder_context_frames,
+        crossfade_frames=vocoder_crossfade_frames)
     self.lookahead_frames = self.sampler.lookahead_frames + self.vocoder.lookahead_frames
     self._text_to_tokens = text_to_tokens
     self.dyadic = bool(avatar.loaded.uses_participant)

@@ -166,8 +166,14 @@ def mel_to_audio(vocoder: Vocoder, log_mel, clip: bool = True) -> np.ndarray:
 # config) reaches about 20 frames each way (conv_pre 3, the first upsampling's AMP blocks ~14 at
 # 8x, the rest ~3); 32 leaves a margin, and a test holds the chunks to the whole-clip waveform.
 BIGVGAN_CONTEXT_FRAMES = 32
-GRIFFIN_LIM_CONTEXT_FRAMES = 16
-GRIFFIN_LIM_CROSSFADE_FRAMES = 8
+# Griffin-Lim estimates each chunk's phase on its own, so two chunks agree only where they
+# crossfade, and a long crossfade mixes two unrelated phases over more frames: measured on a
+# trained avatar's mel (benchmarks/bench_streaming.py --vocoder-chunks, 16-frame chunks), the
+# waveform's own log-mel is 0.210 from the mel it was made from with 2 frames of context and
+# crossfade, 0.231 with 4, 0.276 with (16, 8), 0.191 for one whole-clip call; less context is
+# also less work and look-ahead.
+GRIFFIN_LIM_CONTEXT_FRAMES = 2
+GRIFFIN_LIM_CROSSFADE_FRAMES = 2
 
 
 class StreamingVocoder:

@@ -14,6 +14,7 @@ from avflow_jax.inference import streaming
 from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.models import head_vae
+from avflow_jax.models import layer_cut
 from configs import tiny
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # Tiny programs: compile >> run.
@@ -87,6 +88,9 @@ def test_exact_mode_equals_the_offline_sampler_for_any_chunking(variant, partici
     assert got["face_30fps"].shape == (n30, 256) and got["head_30fps"].shape == (n30, 7)
     for k in ("mel", "face", "head", "head_latent"):
       np.testing.assert_allclose(got[k], off[k][0], atol=1e-5, err_msg=f"{k} {sizes}")
+  # Without the layer-wise cache (each chunk's whole receptive field re-run): the same.
+  _, got = _stream(model, vae, params, tok, part, CHUNKINGS[1], cache_layers=False)
+  np.testing.assert_allclose(got["mel"], off["mel"][0], atol=1e-5)
 
 
 def test_lookahead_is_what_the_stream_waits_for():
@@ -133,11 +137,11 @@ def test_memory_and_work_stay_bounded_on_a_long_stream():
     out = st.push(tok[i:i + 40])
     held.append(st.buffered_frames())
     if i == 0:
-      programs = streaming._window_velocity._cache_size()  # pylint: disable=protected-access
+      programs = layer_cut._av_layer._cache_size()  # pylint: disable=protected-access
     assert np.isfinite(out["mel"]).all()
   assert max(held[5:]) <= held[4] + 40 and max(held) < 400  # No growth with the stream.
   assert st.frames_out + len(st.close()["mel"]) == 1200
-  assert streaming._window_velocity._cache_size() == programs  # One window shape: no recompile.
+  assert layer_cut._av_layer._cache_size() == programs  # One window shape: no recompile.
 
 
 def test_misuse_fails_with_one_line():

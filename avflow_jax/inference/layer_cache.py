@@ -1,0 +1,103 @@
+"""Frame buffers of a stream, and one Euler step's network kept layer by layer.
+
+The exact stream (`streaming.StreamingSampler`) evaluates the velocity network once per Euler
+step on a sequence that grows at its end. Re-running the whole network over a chunk recomputes
+ΣL + ΣR frames of context per chunk (192 frames for a 43-frame chunk of the paper's model: 5×
+the work of the chunk itself). `CachedVelocity` keeps each layer's hidden states instead
+(`models.layer_cut`) and computes a layer only for the frames whose window has become final:
+layer l reaches R_l frames less far than layer l - 1, and sees L_l + R_l frames of context.
+Every frame is computed from the same inputs as in one whole-sequence evaluation, so the result
+is the same (to float rounding).
+"""
+
+from typing import Optional
+
+import numpy as np
+
+
+class Frames:
+  """Frames [start, end) of one stream, appended at the end and dropped from the front."""
+
+  def __init__(self, dim: int):
+    self.start, self.data = 0, np.zeros((0, dim), np.float32)
+
+  @property
+  def end(self) -> int:
+    return self.start + len(self.data)
+
+  def append(self, x: np.ndarray) -> None:
+    self.data = np.concatenate([self.data, np.asarray(x, np.float32)], 0)
+
+  def get(self, a: int, b: int) -> np.ndarray:
+    assert self.start <= a <= b <= self.end, (self.start, a, b, self.end)
+    return self.data[a - self.start:b - self.start]
+
+  def window(self, a: int, length: int) -> tuple[np.ndarray, int]:
+    """Frames [a, a + length) padded with zeros past the end, and how many are real."""
+    x = self.get(a, min(a + length, self.end))
+    return np.pad(x, ((0, length - len(x)), (0, 0))), len(x)
+
+  def drop_before(self, frame: int) -> None:
+    frame = min(max(frame, self.start), self.end)
+    self.data, self.start = self.data[frame - self.start:], frame
+
+
+class CachedVelocity:
+  """The velocity of one Euler step over a growing sequence, one layer at a time.
+
+  `advance(x, cond, closed)` computes the velocity of every frame whose receptive field lies
+  inside the frames of `x` (the step's state) and `cond` known so far (all frames once
+  `closed`), and returns them. Memory is bounded: each layer keeps its left window of context
+  plus the frames the next layer has not reached yet.
+  """
+
+  def __init__(self, layer_cut, params, t: float, chunk_frames: int):
+    """Args:
+      layer_cut: `models.layer_cut.cut(model)`.
+      params: the model's parameters ("av" of a run).
+      t: this step's flow time.
+      chunk_frames: frames computed per call (one compiled shape per layer window).
+    """
+    self.cut, self.params, self.chunk = layer_cut, params, int(chunk_frames)
+    self.t = np.float32(t)
+    self._hidden = [Frames(layer_cut.hidden_width) for _ in range(len(layer_cut.windows) + 1)]
+    self._out = 0  # Velocity frames returned so far.
+
+  def buffered_frames(self) -> int:
+    return sum(len(h.data) for h in self._hidden)
+
+  def advance(self, x: Frames, cond: Optional[Frames], closed: bool) -> tuple[int, np.ndarray]:
+    """(first frame, (n, V + A) velocity) of the frames that became computable."""
+    h0 = self._hidden[0]
+    n = 0 if cond is None else min(x.end, cond.end)
+    while h0.end < n:  # Per frame: any chunking gives the same numbers.
+      a = h0.end
+      b = min(a + self.chunk, n)
+      xw, _ = x.window(a, self.chunk)
+      cw, _ = cond.window(a, self.chunk)
+      h0.append(np.asarray(self.cut.embed(self.params, xw[None], cw[None]))[0, :b - a])
+    for i, (left, right) in enumerate(self.cut.windows):
+      src, dst = self._hidden[i], self._hidden[i + 1]
+      target = src.end if closed else src.end - right
+      length = self.chunk + left + right
+      while dst.end < target:
+        a = dst.end
+        b = min(a + self.chunk, target)
+        s = max(0, a - left)
+        hw, valid = src.window(s, length)
+        out = self.cut.layer(i, self.params, hw[None], self.t, np.int32(valid))
+        dst.append(np.asarray(out)[0, a - s:b - s])
+      src.drop_before(dst.end - left)  # The left context of its next window.
+    last = self._hidden[-1]
+    a = self._out
+    pieces = []
+    while a < last.end:
+      b = min(a + self.chunk, last.end)
+      hw, _ = last.window(a, self.chunk)
+      pieces.append(np.asarray(self.cut.readout(self.params, hw[None]))[0, :b - a])
+      a = b
+    first, self._out = self._out, last.end
+    last.drop_before(self._out)
+    if not pieces:
+      return first, np.zeros((0, x.data.shape[1]), np.float32)
+    return first, np.concatenate(pieces)
