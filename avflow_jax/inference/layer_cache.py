@@ -85,8 +85,9 @@ class CachedVelocity:
         b = min(a + self.chunk, target)
         s = max(0, a - left)
         hw, valid = src.window(s, length)
-        out = self.cut.layer(i, self.params, hw[None], self.t, np.int32(valid))
-        dst.append(np.asarray(out)[0, a - s:b - s])
+        out = self.cut.layer(i, self.params, hw[None], self.t, np.int32(valid), np.int32(a - s),
+                             self.chunk)
+        dst.append(np.asarray(out)[0, :b - a])
       src.drop_before(dst.end - left)  # The left context of its next window.
     last = self._hidden[-1]
     a = self._out

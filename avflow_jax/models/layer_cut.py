@@ -10,10 +10,14 @@ re-running the whole network over ΣL + ΣR frames of context for every chunk
 `cut(model)` describes a variant as three pure functions on one (1, W, H) hidden array (the
 towers' states side by side):
   embed(params, x, cond)            (1, W, V + A), (1, W, C) -> (1, W, H)
-  layer(i, params, h, t, valid)     (1, W, H) -> (1, W, H): layer i, keys >= valid masked
+  layer(i, params, h, t, valid, q0, n)
+                                    (1, W, H) -> (1, n, H): layer i at frames q0 .. q0 + n of
+                                    the window (keys: all W frames, those >= valid masked)
   readout(params, h)                (1, W, H) -> (1, W, V + A) float32 velocity
 Applied in order over a whole sequence they compute what `model.apply` computes (to float
-rounding; tested). The parameters are the model's own ("av" of a run), in either layout.
+rounding; tested). A layer computes only its n query frames past the attention's key and
+value projections: a stream's context frames (L + R per layer) cost a projection, not a whole
+block. The parameters are the model's own ("av" of a run), in either layout.
 """
 
 import functools
@@ -22,7 +26,9 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from avflow_jax.models import attention
 from avflow_jax.models import av_config
 from avflow_jax.models import dit
 from avflow_jax.models import layer_layout
@@ -34,7 +40,7 @@ class LayerCut(NamedTuple):
   windows: tuple[tuple[int, int], ...]  # (left, right) of each layer.
   hidden_width: int  # H: the channels of the hidden array.
   embed: Callable
-  layer: Callable  # layer(i, params, h, t, valid); i is a Python int.
+  layer: Callable  # layer(i, params, h, t, valid, q0, n); i and n are Python ints.
   readout: Callable
 
 
@@ -54,6 +60,49 @@ def _windows(m) -> tuple[tuple[int, int], ...]:
   return tuple(tuple(int(v) for v in w) for w in windows)
 
 
+def _modulation(m, params, temb):
+  """adaLN's (alpha, beta, gamma), each (1, 1, d), as `dit.AdaLNSublayer` computes them."""
+  mod = _linear(m, 3 * m.d_model, params["adaln"], temb)
+  return jnp.split(mod[:, None, :], 3, axis=-1)
+
+
+def _normalised(m, x, beta, gamma):
+  y = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32).apply({}, x)
+  return (y * (1 + gamma) + beta).astype(m.dtype)
+
+
+def _block_queries(m, window, params, x, temb, valid, q0, n):
+  """`dit.DiTBlock` at frames q0 .. q0 + n of the (1, W, d) window x, every frame a key.
+
+  The same sublayers in the same order and precision; the context frames go only through
+  the key and value projections, and the queries' band is (left, right) of `window` with the
+  keys at or past `valid` masked (the whole model's `lengths`).
+  """
+  d, heads = m.d_model, m.num_heads
+  hd = d // heads
+  w = x.shape[1]
+  alpha, beta, gamma = _modulation(m, params["attn_mod"], temb)
+  qkv = _linear(m, 3 * d, params["attn"]["qkv"], _normalised(m, x, beta, gamma))
+  q, k, v = jnp.split(qkv.reshape(1, w, heads, 3 * hd), 3, axis=-1)
+  pos = jnp.arange(w)
+  q = jax.lax.dynamic_slice_in_dim(attention.rotary_embedding(q, pos), q0, n, axis=1)
+  k = attention.rotary_embedding(k, pos)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+  scores = scores / np.sqrt(hd)
+  qi = q0 + jnp.arange(n)[:, None]
+  kj = jnp.arange(w)[None, :]
+  left, right = window
+  mask = (kj >= qi - left) & (kj <= qi + right) & (kj < valid)
+  weights, _ = attention._softmax_attend(scores, mask[None, None], v, q.dtype)  # pylint: disable=protected-access
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(1, n, d)
+  x = jax.lax.dynamic_slice_in_dim(x, q0, n, axis=1)
+  x = x + alpha * _linear(m, d, params["attn"]["out"], out)
+  alpha, beta, gamma = _modulation(m, params["ff_mod"], temb)
+  h = _linear(m, m.hidden_dim, params["ff"]["fc1"], _normalised(m, x, beta, gamma))
+  h = _linear(m, d, params["ff"]["fc2"], nn.gelu(h, approximate=False))
+  return x + alpha * h
+
+
 # ---- AV-Flow: two towers and a highway fusion after every block pair --------------------------
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -66,13 +115,15 @@ def _av_embed(m, params, x, cond):
   return jnp.concatenate([xv, xa], -1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _av_layer(m, window, time_params, layer_params, h, t, valid):
+@functools.partial(jax.jit, static_argnums=(0, 1, 6))
+def _av_layer(m, window, time_params, layer_params, h, t, n, valid, q0):
   d = m.d_model
-  pair = dit.BlockPair(d, m.hidden_dim, m.num_heads, window, m.fusion, m.attention_block,
-                       m.dtype, m.attention)
-  (xv, xa), _ = pair.apply({"params": layer_params}, (h[..., :d], h[..., d:]),
-                           _temb(m, time_params, t), jnp.reshape(valid, (1,)))
+  temb = _temb(m, time_params, t)
+  xv = _block_queries(m, window, layer_params["block_v"], h[..., :d], temb, valid, q0, n)
+  xa = _block_queries(m, window, layer_params["block_a"], h[..., d:], temb, valid, q0, n)
+  if "fusion" in layer_params:  # Per frame, audio first as in `dit._layer`.
+    y = _linear(m, 2 * d, layer_params["fusion"], jnp.concatenate([xa, xv], -1))
+    xa, xv = xa + y[..., :d], xv + y[..., d:]
   return jnp.concatenate([xv, xa], -1)
 
 
@@ -95,8 +146,8 @@ def _av_cut(m: dit.AVFlowTransformer) -> LayerCut:
   windows = _windows(m)
   return LayerCut(
       windows, 2 * m.d_model, functools.partial(_av_embed, m),
-      lambda i, p, h, t, valid: _av_layer(m, windows[i], p["time_embed"],
-                                          _av_layer_params(p, i), h, t, valid),
+      lambda i, p, h, t, valid, q0, n: _av_layer(m, windows[i], p["time_embed"],
+                                                  _av_layer_params(p, i), h, t, n, valid, q0),
       functools.partial(_av_readout, m))
 
 
@@ -119,16 +170,13 @@ def _tower_embed(m, params, x, cond):
       for name, _, cols in _towers(m)], -1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _tower_layer(m, window, tower_params, h, t, valid):
+@functools.partial(jax.jit, static_argnums=(0, 1, 5))
+def _tower_layer(m, window, tower_params, h, t, n, valid, q0):
   d = m.d_model
-  block = dit.DiTBlock(d, m.hidden_dim, m.num_heads, window, m.attention_block, m.dtype,
-                       m.attention)
-  out = []
-  for j, (time_p, block_p) in enumerate(tower_params):
-    out.append(block.apply({"params": block_p}, h[..., j * d:(j + 1) * d],
-                           _temb(m, time_p, t), jnp.reshape(valid, (1,))))
-  return jnp.concatenate(out, -1)
+  return jnp.concatenate([
+      _block_queries(m, window, block_p, h[..., j * d:(j + 1) * d], _temb(m, time_p, t), valid,
+                     q0, n)
+      for j, (time_p, block_p) in enumerate(tower_params)], -1)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -144,9 +192,9 @@ def _tower_cut(m) -> LayerCut:
   names = [name for name, _, _ in _towers(m)]
   return LayerCut(
       windows, len(names) * m.d_model, functools.partial(_tower_embed, m),
-      lambda i, p, h, t, valid: _tower_layer(
-          m, windows[i], tuple((p[n]["time_embed"], p[n][f"block_{i}"]) for n in names),
-          h, t, valid),
+      lambda i, p, h, t, valid, q0, n: _tower_layer(
+          m, windows[i], tuple((p[k]["time_embed"], p[k][f"block_{i}"]) for k in names),
+          h, t, n, valid, q0),
       functools.partial(_tower_readout, m))
 
 
