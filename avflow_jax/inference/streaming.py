@@ -11,11 +11,14 @@ K × ΣR frames (+ the head-VAE decoder's right window). A smaller lag (low-late
 the not-yet-known frames as the end of the sequence when it has to: less look-ahead, a sample
 that differs from the offline one by an amount `benchmarks/bench_streaming.py` measures.
 
-Every state keeps only the frames its next window needs (ΣL of left context plus the frames not
-yet passed on), so memory and per-chunk work stay bounded however long the stream runs. The
-window each evaluation sees has a fixed length (`chunk_frames + ΣL + ΣR`), so one compiled
-program serves every call; rotary positions inside it are relative to its first frame, which
-keeps the positions small in an always-on stream (attention depends on position differences).
+In exact mode each step keeps its network's hidden states layer by layer (`layer_cache`), so a
+layer is computed only for its new frames, with its own L + R frames of context; with
+`cache_layers=False`, and always in low-latency mode, each chunk re-runs the network over a
+window of `chunk_frames + ΣL + ΣR` frames. Either way every buffer keeps only the frames its next
+window needs, so memory and per-chunk work stay bounded however long the stream runs, and each
+window has a fixed length, so one compiled program per shape serves every call; rotary positions
+inside a window are relative to its first frame, which keeps them small in an always-on stream
+(attention depends on position differences).
 """
 
 import functools
