@@ -29,8 +29,8 @@ def _model_and_params(variant, **model_kw):
                              params)
 
 
-@pytest.mark.parametrize("variant,kw", [("av_flow", {}), ("av_flow", {"fusion": False}),
-                                        ("av_flow", {"scan_layers": True}),
+@pytest.mark.parametrize("variant,kw", [("av_flow", {}),
+                                        ("av_flow", {"fusion": False, "scan_layers": True}),
                                         ("separate", {}), ("shared", {})])
 def test_layers_applied_in_order_equal_the_whole_model(variant, kw):
   model, params = _model_and_params(variant, **kw)
