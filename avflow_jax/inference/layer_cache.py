@@ -60,6 +60,8 @@ class CachedVelocity:
     """
     self.cut, self.params, self.chunk = layer_cut, params, int(chunk_frames)
     self.t = np.float32(t)
+    self._layer_params = [layer_cut.layer_params(params, i)
+                          for i in range(len(layer_cut.windows))]
     self._hidden = [Frames(layer_cut.hidden_width) for _ in range(len(layer_cut.windows) + 1)]
     self._out = 0  # Velocity frames returned so far.
 
@@ -85,8 +87,8 @@ class CachedVelocity:
         b = min(a + self.chunk, target)
         s = max(0, a - left)
         hw, valid = src.window(s, length)
-        out = self.cut.layer(i, self.params, hw[None], self.t, np.int32(valid), np.int32(a - s),
-                             self.chunk)
+        out = self.cut.layer(i, self._layer_params[i], hw[None], self.t, np.int32(valid),
+                             np.int32(a - s), self.chunk)
         dst.append(np.asarray(out)[0, :b - a])
       src.drop_before(dst.end - left)  # The left context of its next window.
     last = self._hidden[-1]

@@ -10,9 +10,9 @@ re-running the whole network over ΣL + ΣR frames of context for every chunk
 `cut(model)` describes a variant as three pure functions on one (1, W, H) hidden array (the
 towers' states side by side):
   embed(params, x, cond)            (1, W, V + A), (1, W, C) -> (1, W, H)
-  layer(i, params, h, t, valid, q0, n)
-                                    (1, W, H) -> (1, n, H): layer i at frames q0 .. q0 + n of
-                                    the window (keys: all W frames, those >= valid masked)
+  layer(i, lp, h, t, valid, q0, n)  (1, W, H) -> (1, n, H): layer i at frames q0 .. q0 + n of
+                                    the window (keys: all W frames, those >= valid masked);
+                                    lp = layer_params(params, i), taken once per stream
   readout(params, h)                (1, W, H) -> (1, W, V + A) float32 velocity
 Applied in order over a whole sequence they compute what `model.apply` computes (to float
 rounding; tested). A layer computes only its n query frames past the attention's key and
@@ -40,7 +40,8 @@ class LayerCut(NamedTuple):
   windows: tuple[tuple[int, int], ...]  # (left, right) of each layer.
   hidden_width: int  # H: the channels of the hidden array.
   embed: Callable
-  layer: Callable  # layer(i, params, h, t, valid, q0, n); i and n are Python ints.
+  layer_params: Callable  # layer_params(params, i): what layer i reads of the parameters.
+  layer: Callable  # layer(i, layer_params, h, t, valid, q0, n); i and n are Python ints.
   readout: Callable
 
 
@@ -146,8 +147,8 @@ def _av_cut(m: dit.AVFlowTransformer) -> LayerCut:
   windows = _windows(m)
   return LayerCut(
       windows, 2 * m.d_model, functools.partial(_av_embed, m),
-      lambda i, p, h, t, valid, q0, n: _av_layer(m, windows[i], p["time_embed"],
-                                                  _av_layer_params(p, i), h, t, n, valid, q0),
+      lambda p, i: (p["time_embed"], _av_layer_params(p, i)),
+      lambda i, lp, h, t, valid, q0, n: _av_layer(m, windows[i], *lp, h, t, n, valid, q0),
       functools.partial(_av_readout, m))
 
 
@@ -192,9 +193,8 @@ def _tower_cut(m) -> LayerCut:
   names = [name for name, _, _ in _towers(m)]
   return LayerCut(
       windows, len(names) * m.d_model, functools.partial(_tower_embed, m),
-      lambda i, p, h, t, valid, q0, n: _tower_layer(
-          m, windows[i], tuple((p[k]["time_embed"], p[k][f"block_{i}"]) for k in names),
-          h, t, n, valid, q0),
+      lambda p, i: tuple((p[k]["time_embed"], p[k][f"block_{i}"]) for k in names),
+      lambda i, lp, h, t, valid, q0, n: _tower_layer(m, windows[i], lp, h, t, n, valid, q0),
       functools.partial(_tower_readout, m))
 
 

@@ -48,7 +48,7 @@ def test_layers_applied_in_order_equal_the_whole_model(variant, kw):
   h = cut.embed(params, x, cond)
   assert h.shape == (1, T, cut.hidden_width)
   for i in range(len(cut.windows)):
-    h = cut.layer(i, params, h, t, np.int32(valid), np.int32(0), T)
+    h = cut.layer(i, cut.layer_params(params, i), h, t, np.int32(valid), np.int32(0), T)
   got = np.asarray(cut.readout(params, h))[0, :valid]
   np.testing.assert_allclose(got, want, atol=2e-5)
   assert np.abs(want).max() > 0.1  # The blocks do something.
