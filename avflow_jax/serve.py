@@ -44,6 +44,7 @@ from avflow_jax.inference import avatar as avatar_lib
 from avflow_jax.inference import conversation as conversation_lib
 from avflow_jax.inference import live_video
 from avflow_jax.inference import text_tokens
+from avflow_jax.inference import vocoder as vocoder_lib
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "live.html")
 MAX_MESSAGE_BYTES = 4 << 20  # A turn of token frames: 20 s of 29 floats as JSON fits.
@@ -70,9 +71,11 @@ def make_parser() -> argparse.ArgumentParser:
                  help="mel frames per vocoder call")
   p.add_argument("--vocoder-context-frames", type=int, default=None,
                  help="mel frames of context each side of a vocoder call (default: the "
-                      "vocoder's, 16 Griffin-Lim, 32 BigVGAN)")
+                      f"vocoder's, {vocoder_lib.GRIFFIN_LIM_CONTEXT_FRAMES} Griffin-Lim, "
+                      f"{vocoder_lib.BIGVGAN_CONTEXT_FRAMES} BigVGAN)")
   p.add_argument("--vocoder-crossfade-frames", type=int, default=None,
-                 help="frames two Griffin-Lim chunks overlap by (default 8)")
+                 help="frames two Griffin-Lim chunks overlap by (default "
+                      f"{vocoder_lib.GRIFFIN_LIM_CROSSFADE_FRAMES})")
   p.add_argument("--buffer-ms", type=float, default=250.0,
                  help="how far the output is kept ahead of real time (smooths compute jitter)")
   p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
@@ -98,10 +101,15 @@ class Server:
     self.participant, self.participant_audio = participant, participant_audio
     # One model call at a time: XLA on the CPU already uses every core for one.
     self.compute = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="avflow-model")
-    self.sessions = 0
+    self.sockets = set()  # The open conversations' WebSockets.
     self.started = time.time()
     head = avatar.loaded.params["stats"]["head"]
     self.head_stats = (np.asarray(head[0]), np.asarray(head[1]))
+
+  @property
+  def sessions(self) -> int:
+    """Conversations open now."""
+    return len(self.sockets)
 
   def text_to_tokens(self, text: str) -> np.ndarray:
     return text_tokens.text_to_tokens(text, self.t2t, seed=self.args.seed)
@@ -222,6 +230,7 @@ class Session:
 
 def make_app(server: Server):
   """The aiohttp application: the page at /, its info at /info, conversations at /stream."""
+  import aiohttp  # pylint: disable=g-import-not-at-top
   from aiohttp import web  # pylint: disable=g-import-not-at-top
 
   async def page(_):
@@ -235,8 +244,7 @@ def make_app(server: Server):
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=20.0)
     await ws.prepare(request)
     session = Session(server, ws, request.query.get("frames", "1") not in ("0", "false"))
-    open_sockets.add(ws)
-    server.sessions += 1
+    server.sockets.add(ws)
     logging.info("conversation %d opened (%d open)", id(session), server.sessions)
     await ws.send_str(json.dumps(server.hello(session.conv)))
     output = asyncio.create_task(session.run_output())
@@ -246,8 +254,7 @@ def make_app(server: Server):
     finally:
       output.cancel()
       reader.cancel()
-      open_sockets.discard(ws)
-      server.sessions -= 1
+      server.sockets.discard(ws)
     if reader.done() and not reader.cancelled() and reader.exception() is not None:
       logging.info("conversation %d: %s", id(session), reader.exception())  # A dropped peer.
     if output.done() and not output.cancelled() and output.exception() is not None:
@@ -268,11 +275,9 @@ def make_app(server: Server):
         return
 
   async def close_sockets(_):  # A conversation never ends by itself: end them on shutdown.
-    for ws in list(open_sockets):
-      await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+    for ws in list(server.sockets):
+      await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
-  from aiohttp import WSCloseCode  # pylint: disable=g-import-not-at-top
-  open_sockets = set()
   app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
   app.add_routes([web.get("/", page), web.get("/info", info), web.get("/stream", stream)])
   app.on_shutdown.append(close_sockets)

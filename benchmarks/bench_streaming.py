@@ -57,8 +57,8 @@ def _inputs(avatar, seconds: float, random_tokens: bool):
                                   else None)
 
 
-def _run(avatar, tok, part, chunk: int, lag, seed: int, window_chunk: int = 64,
-         cache_layers: bool = True):
+def run_stream(avatar, tok, part, chunk: int, lag, seed: int, window_chunk: int = 64,
+               cache_layers: bool = True):
   """One stream: (mel, per-push compute seconds, compute until the first output, sampler)."""
   stream = api.StreamingSampler.for_avatar(avatar, seed=seed, lag_frames=lag,
                                            chunk_frames=window_chunk, cache_layers=cache_layers)
@@ -115,9 +115,9 @@ def main():
   for mode in args.lags.split(","):
     lag = None if mode.startswith("exact") else int(mode)
     cache = mode != "exact-recompute"
-    _run(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0,
+    run_stream(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0,
          args.chunk_frames, cache)
-    mel, times, first, stream = _run(avatar, tok, part, chunk, lag, 0, args.chunk_frames, cache)
+    mel, times, first, stream = run_stream(avatar, tok, part, chunk, lag, 0, args.chunk_frames, cache)
     diff = np.abs(mel - offline)
     row = {"mode": mode, "lag_frames": stream.lag, "exact": stream.exact,
            "lookahead_frames": stream.lookahead_frames,
@@ -146,9 +146,9 @@ def main():
   result["vocoder_whole_clip_mel_l1"] = mel_l1(whole)
   result["vocoder"] = []
   for setting in args.vocoder_chunks.split():
-    chunk_f, context, fade = (None if v == "-" else int(v) for v in setting.split(","))
-    stream = vocoder_lib.StreamingVocoder(voc, chunk_frames=chunk_f or 43, context_frames=context,
-                                          crossfade_frames=fade)
+    stream = vocoder_lib.StreamingVocoder(voc, **{
+        k: int(v) for k, v in zip(("chunk_frames", "context_frames", "crossfade_frames"),
+                                  setting.split(",")) if v != "-"})
     t0 = time.perf_counter()
     pieces = [stream.push(offline[i:i + chunk]) for i in range(0, len(offline), chunk)]
     audio = np.concatenate(pieces + [stream.close()])

@@ -63,44 +63,38 @@ class CachedVelocity:
     self._layer_params = [layer_cut.layer_params(params, i)
                           for i in range(len(layer_cut.windows))]
     self._hidden = [Frames(layer_cut.hidden_width) for _ in range(len(layer_cut.windows) + 1)]
-    self._out = 0  # Velocity frames returned so far.
 
   def buffered_frames(self) -> int:
     return sum(len(h.data) for h in self._hidden)
 
-  def advance(self, x: Frames, cond: Optional[Frames], closed: bool) -> tuple[int, np.ndarray]:
-    """(first frame, (n, V + A) velocity) of the frames that became computable."""
+  def _per_frame(self, fn, a: int, b: int) -> np.ndarray:
+    """fn(start) -> (1, chunk, .) for frames [a, b), in whole chunks (one compiled shape)."""
+    return np.concatenate([np.asarray(fn(c))[0, :min(self.chunk, b - c)]
+                           for c in range(a, b, self.chunk)])
+
+  def advance(self, x: Frames, cond: Optional[Frames], closed: bool) -> np.ndarray:
+    """The (n, V + A) velocity of the frames that became computable, after those returned."""
     h0 = self._hidden[0]
     n = 0 if cond is None else min(x.end, cond.end)
-    while h0.end < n:  # Per frame: any chunking gives the same numbers.
-      a = h0.end
-      b = min(a + self.chunk, n)
-      xw, _ = x.window(a, self.chunk)
-      cw, _ = cond.window(a, self.chunk)
-      h0.append(np.asarray(self.cut.embed(self.params, xw[None], cw[None]))[0, :b - a])
+    if h0.end < n:  # Per frame: any chunking gives the same numbers.
+      h0.append(self._per_frame(lambda c: self.cut.embed(
+          self.params, x.window(c, self.chunk)[0][None], cond.window(c, self.chunk)[0][None]),
+                                h0.end, n))
     for i, (left, right) in enumerate(self.cut.windows):
       src, dst = self._hidden[i], self._hidden[i + 1]
       target = src.end if closed else src.end - right
-      length = self.chunk + left + right
       while dst.end < target:
         a = dst.end
-        b = min(a + self.chunk, target)
         s = max(0, a - left)
-        hw, valid = src.window(s, length)
+        hw, valid = src.window(s, self.chunk + left + right)
         out = self.cut.layer(i, self._layer_params[i], hw[None], self.t, np.int32(valid),
                              np.int32(a - s), self.chunk)
-        dst.append(np.asarray(out)[0, :b - a])
+        dst.append(np.asarray(out)[0, :min(self.chunk, target - a)])
       src.drop_before(dst.end - left)  # The left context of its next window.
     last = self._hidden[-1]
-    a = self._out
-    pieces = []
-    while a < last.end:
-      b = min(a + self.chunk, last.end)
-      hw, _ = last.window(a, self.chunk)
-      pieces.append(np.asarray(self.cut.readout(self.params, hw[None]))[0, :b - a])
-      a = b
-    first, self._out = self._out, last.end
-    last.drop_before(self._out)
-    if not pieces:
-      return first, np.zeros((0, x.data.shape[1]), np.float32)
-    return first, np.concatenate(pieces)
+    if last.end == last.start:
+      return np.zeros((0, x.data.shape[1]), np.float32)
+    v = self._per_frame(lambda c: self.cut.readout(
+        self.params, last.window(c, self.chunk)[0][None]), last.start, last.end)
+    last.drop_before(last.end)
+    return v

@@ -47,30 +47,33 @@ def _softmax_attend(scores, mask, v, dtype):
   return weights.astype(dtype), v
 
 
-def dense_attention(q, k, v, *, window=None, lengths=None):
+def dense_attention(q, k, v, *, window=None, lengths=None, query_offset=0):
   """Reference attention over the whole sequence with an optional band mask.
 
   Args:
-    q, k, v: (B, T, H, D).
+    q: (B, Tq, H, D) queries of frames query_offset .. query_offset + Tq of the keys' frames.
+    k, v: (B, T, H, D).
     window: None for unbounded, else (left, right); a negative side is unbounded.
     lengths: optional (B,) number of valid frames; keys at or beyond it are masked.
+    query_offset: frame of the first query (may be traced); 0 when q covers every frame.
 
   Returns:
-    (B, T, H, D) attention output.
+    (B, Tq, H, D) attention output.
   """
-  b, t, h, d = q.shape
+  b, tq, h, d = q.shape
+  t = k.shape[1]
   scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
   scores = scores / np.sqrt(d)
-  i = jnp.arange(t)[:, None]
+  i = query_offset + jnp.arange(tq)[:, None]
   j = jnp.arange(t)[None, :]
-  mask = jnp.ones((t, t), bool)
+  mask = jnp.ones((tq, t), bool)
   if window is not None:
     left, right = window
     if left >= 0:
       mask = mask & (j >= i - left)
     if right >= 0:
       mask = mask & (j <= i + right)
-  mask = jnp.broadcast_to(mask, (b, 1, t, t))
+  mask = jnp.broadcast_to(mask, (b, 1, tq, t))
   if lengths is not None:
     mask = mask & (jnp.arange(t)[None, None, None, :] < lengths[:, None, None, None])
   weights, v = _softmax_attend(scores, mask, v, q.dtype)

@@ -74,14 +74,16 @@ class AdaLNSublayer(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, temb, f):
+  def __call__(self, x, temb, f, residual=None):
+    """`residual` (default x) is what f's output adds to: a stream's layer cut passes the
+    query frames of x when f computes only those (`layer_cut`)."""
     mod = dense(3 * self.d_model, ("embed", "mod"), "adaln", self.dtype,
                 kernel_init=_adaln_kernel_init(self.d_model), zero_bias=True)(temb)
     alpha, beta, gamma = jnp.split(mod[:, None, :], 3, axis=-1)
     # Normalise in float32: bf16 variance of 512 features loses too much.
     y = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32)(x)
     y = (y * (1 + gamma) + beta).astype(self.dtype)
-    return x + alpha * f(y)
+    return (x if residual is None else residual) + alpha * f(y)
 
 
 class WindowedAttention(nn.Module):

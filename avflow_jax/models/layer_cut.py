@@ -26,7 +26,6 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from avflow_jax.models import attention
 from avflow_jax.models import av_config
@@ -61,47 +60,32 @@ def _windows(m) -> tuple[tuple[int, int], ...]:
   return tuple(tuple(int(v) for v in w) for w in windows)
 
 
-def _modulation(m, params, temb):
-  """adaLN's (alpha, beta, gamma), each (1, 1, d), as `dit.AdaLNSublayer` computes them."""
-  mod = _linear(m, 3 * m.d_model, params["adaln"], temb)
-  return jnp.split(mod[:, None, :], 3, axis=-1)
-
-
-def _normalised(m, x, beta, gamma):
-  y = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32).apply({}, x)
-  return (y * (1 + gamma) + beta).astype(m.dtype)
-
-
 def _block_queries(m, window, params, x, temb, valid, q0, n):
   """`dit.DiTBlock` at frames q0 .. q0 + n of the (1, W, d) window x, every frame a key.
 
-  The same sublayers in the same order and precision; the context frames go only through
-  the key and value projections, and the queries' band is (left, right) of `window` with the
-  keys at or past `valid` masked (the whole model's `lengths`).
+  The block's own sublayers on its own parameters; only the attention's queries (and so its
+  output projection, the feed-forward and the residuals) are restricted to the n frames, so
+  the context frames cost the key and value projections alone. Keys at or past `valid` are
+  masked (the whole model's `lengths`).
   """
   d, heads = m.d_model, m.num_heads
-  hd = d // heads
   w = x.shape[1]
-  alpha, beta, gamma = _modulation(m, params["attn_mod"], temb)
-  qkv = _linear(m, 3 * d, params["attn"]["qkv"], _normalised(m, x, beta, gamma))
-  q, k, v = jnp.split(qkv.reshape(1, w, heads, 3 * hd), 3, axis=-1)
-  pos = jnp.arange(w)
-  q = jax.lax.dynamic_slice_in_dim(attention.rotary_embedding(q, pos), q0, n, axis=1)
-  k = attention.rotary_embedding(k, pos)
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
-  scores = scores / np.sqrt(hd)
-  qi = q0 + jnp.arange(n)[:, None]
-  kj = jnp.arange(w)[None, :]
-  left, right = window
-  mask = (kj >= qi - left) & (kj <= qi + right) & (kj < valid)
-  weights, _ = attention._softmax_attend(scores, mask[None, None], v, q.dtype)  # pylint: disable=protected-access
-  out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(1, n, d)
-  x = jax.lax.dynamic_slice_in_dim(x, q0, n, axis=1)
-  x = x + alpha * _linear(m, d, params["attn"]["out"], out)
-  alpha, beta, gamma = _modulation(m, params["ff_mod"], temb)
-  h = _linear(m, m.hidden_dim, params["ff"]["fc1"], _normalised(m, x, beta, gamma))
-  h = _linear(m, d, params["ff"]["fc2"], nn.gelu(h, approximate=False))
-  return x + alpha * h
+  sublayer = dit.AdaLNSublayer(d, m.dtype)
+
+  def attend(y):  # As `dit.WindowedAttention`, for the n query frames.
+    qkv = _linear(m, 3 * d, params["attn"]["qkv"], y).reshape(1, w, heads, 3 * d // heads)
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    pos = jnp.arange(w)
+    q = jax.lax.dynamic_slice_in_dim(attention.rotary_embedding(q, pos), q0, n, axis=1)
+    out = attention.dense_attention(q, attention.rotary_embedding(k, pos), v, window=window,
+                                    lengths=jnp.reshape(valid, (1,)), query_offset=q0)
+    return _linear(m, d, params["attn"]["out"], out.reshape(1, n, d))
+
+  x = sublayer.apply({"params": params["attn_mod"]}, x, temb, attend,
+                     residual=jax.lax.dynamic_slice_in_dim(x, q0, n, axis=1))
+  ff = dit.FeedForward(d, m.hidden_dim, m.dtype)
+  return sublayer.apply({"params": params["ff_mod"]}, x, temb,
+                        lambda y: ff.apply({"params": params["ff"]}, y))
 
 
 # ---- AV-Flow: two towers and a highway fusion after every block pair --------------------------
