@@ -2,7 +2,7 @@ r"""Converts an official BigVGAN `bigvgan_generator.pt` into `.safetensors` / `.
 
   python -m avflow_jax.convert_bigvgan bigvgan_generator.pt out.safetensors
 
-The checkpoint is read by `core/torch_reader.py`: a restricted unpickler that resolves no
+The checkpoint is read by `core/torch_reader.py` through `core/torch_pickle.py`: a restricted unpickler that resolves no
 globals but tensor rebuilds (so e.g. `os.system` is refused by name, never run), with limits on
 tensor sizes, strides, zip members and the pickle. A hostile or broken checkpoint exits with
 status 2 and one `error:` line naming the file (and the tensor), before anything is written.

@@ -12,7 +12,7 @@ from avflow_jax.core.errors import BadInput
 from data_prep import headpose
 from data_prep import mel as mel_lib
 from data_prep import stats as stats_lib
-from data_prep.readers import RawClip
+from data_prep.source_types import RawClip
 
 MIN_FRAMES = 8  # shorter clips are useless for training (and break the reflect pad).
 

@@ -25,7 +25,7 @@ from avflow_jax.data import manifest as manifest_lib
 from data_prep import output
 from data_prep import shards as shards_lib
 
-MANIFEST = "manifest.json"
+MANIFEST = manifest_lib.MANIFEST
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -21,8 +21,9 @@ from avflow_jax.core import constants as C
 from avflow_jax.core import face_rig
 from avflow_jax.core import records
 from data_prep import shards as shards_lib
+from data_prep import source_files
 
-TOKEN_DIR = "wav2vec2_fairseq_base_ls960_asr_ls960_vad100"
+TOKEN_DIR = source_files.TOKEN_DIR
 
 
 def tone(seconds: float, sr: int, seed: int, channels: int = 1) -> np.ndarray:

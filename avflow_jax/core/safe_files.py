@@ -8,7 +8,7 @@ before anything is allocated or decompressed.
 
 The limits are module constants so they are documented in one place; every function takes them
 as keyword arguments, so a caller with a legitimately larger file can raise them.
-`core/torch_reader.py` (torch zip checkpoints) builds on the zip checks here.
+`core/torch_pickle.py` and `core/torch_reader.py` (torch zip checkpoints) build on the zip checks here.
 """
 
 import json

@@ -1,9 +1,9 @@
 """Reads torch zip checkpoints (`torch.save`, torch >= 1.6) without torch.
 
 A checkpoint is `<dir>/data.pkl` plus raw little-endian storages `<dir>/data/<key>`. The pickle
-is read by a restricted unpickler that only resolves the few globals a checkpoint of tensors
-needs (tensor rebuild, storage classes, OrderedDict); anything else (e.g. `os.system`) is refused
-by name before it can run.
+is read by the restricted unpickler of `core/torch_pickle.py`, which only resolves the few
+globals a checkpoint of tensors needs (tensor rebuild, storage classes, OrderedDict); anything
+else (e.g. `os.system`) is refused by name before it can run.
 
 Nothing is allocated from what the pickle claims. Unpickling only records, per tensor, its
 storage, offset, shape and stride, and per storage, its declared element count (checked against
@@ -22,25 +22,20 @@ Two readers share this machinery:
 """
 
 import collections
-import contextlib
-import io
 import math
-import os
-import pickle
-import pickletools
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import zipfile
 
 import numpy as np
 
 from avflow_jax.core import safe_files
+from avflow_jax.core import torch_pickle
 from avflow_jax.core.safe_files import MAX_TENSOR_ELEMENTS
 from avflow_jax.core.safe_files import MAX_ZIP_RATIO
-from avflow_jax.core.safe_files import UntrustedFileError
+from avflow_jax.core.torch_pickle import MAX_PICKLE_BYTES
+from avflow_jax.core.torch_pickle import StorageRef
+from avflow_jax.core.torch_pickle import TensorSpec
 
-# data.pkl of a state dict takes ~100 bytes per tensor; 16 MiB is >100k tensors, and bounds
-# the Python objects a hostile pickle can build (memo references cost 2 bytes each).
-MAX_PICKLE_BYTES = 16 * 2**20
 # The tensors of a checkpoint may hold more elements than its storages (views sharing one
 # storage, tied weights, stride-0 expansions), but a state dict does not hold many times more:
 # the default total is this many times the elements of the storages the tensors use ...
@@ -67,148 +62,9 @@ class TensorInfo(NamedTuple):
   dtype: str
 
 
-class _StorageKind(NamedTuple):
-  """A torch storage class: its bytes' little-endian numpy dtype, torch's name, what it reads as."""
-  raw: np.dtype
-  dtype: str
-  out: np.dtype
-
-
-# Storage class name -> kind (bfloat16 is read as uint16, then widened to float32).
-_FLOAT_STORAGES = {
-    "FloatStorage": _StorageKind(np.dtype("<f4"), "float32", np.dtype(np.float32)),
-    "HalfStorage": _StorageKind(np.dtype("<f2"), "float16", np.dtype(np.float32)),
-    "BFloat16Storage": _StorageKind(np.dtype("<u2"), "bfloat16", np.dtype(np.float32)),
-}
-# Training checkpoints may also hold integer and bool tensors (BatchNorm's num_batches_tracked,
-# older optimizers' step counts, masks); they keep their integer / bool meaning.
-_CHECKPOINT_STORAGES = {
-    **_FLOAT_STORAGES,
-    "LongStorage": _StorageKind(np.dtype("<i8"), "int64", np.dtype(np.int64)),
-    "IntStorage": _StorageKind(np.dtype("<i4"), "int32", np.dtype(np.int64)),
-    "BoolStorage": _StorageKind(np.dtype("u1"), "bool", np.dtype(bool)),
-}
-
-
-class RefusedGlobalError(UntrustedFileError, pickle.UnpicklingError):
-  """The pickle names a global outside the allow-list (also a pickle.UnpicklingError)."""
-
-
-# Tuples, so a pickle's BUILD opcode cannot set attributes on them.
-class _StorageType(NamedTuple):
-  """Stand-in for torch.<X>Storage: only remembers which storage class the pickle named."""
-  name: str
-
-
-class _StorageRef(NamedTuple):
-  """A storage the pickle references: its zip member, kind and element count, not yet read."""
-  key: str
-  kind: _StorageKind
-  numel: int
-
-
-class _TensorSpec(NamedTuple):
-  """A tensor as `_rebuild_tensor_v2` describes it, before any of it is read."""
-  storage: Any
-  offset: Any
-  size: Any
-  stride: Any
-
-
-class _RebuildTensorV2:
-  """Stands in for torch._utils._rebuild_tensor_v2: records the geometry, checked later.
-
-  An instance without a __dict__ (not a function): a pickle's BUILD opcode could otherwise set
-  attributes on the one object every load shares.
-  """
-  __slots__ = ()
-
-  def __call__(self, storage, storage_offset, size, stride, requires_grad=False,
-               backward_hooks=None, metadata=None):
-    del requires_grad, backward_hooks, metadata  # irrelevant for stored weights
-    return _TensorSpec(storage, storage_offset, size, stride)
-
-
-_rebuild_tensor_v2 = _RebuildTensorV2()
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-  """Unpickler for torch checkpoints that resolves no globals beyond tensors and OrderedDict.
-
-  Storages are checked against their zip members' declared sizes here, but not read.
-  """
-
-  _ALLOWED = {
-      ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-      ("collections", "OrderedDict"): collections.OrderedDict,
-  }
-
-  def __init__(self, fileobj, zf: zipfile.ZipFile, prefix: str, src: str, *,
-               max_storage_elements: int = MAX_TENSOR_ELEMENTS,
-               max_ratio: float = MAX_ZIP_RATIO,
-               storage_kinds: dict[str, _StorageKind] | None = None,
-               allowed: str = "tensor state dicts"):
-    super().__init__(fileobj)
-    self._zf = zf
-    self._prefix = prefix
-    self._src = src
-    self._archive_bytes = os.path.getsize(src)
-    self._max_storage_elements = max_storage_elements
-    self._max_ratio = max_ratio
-    self._kinds = _FLOAT_STORAGES if storage_kinds is None else storage_kinds
-    self._allowed_what = allowed
-    self.storages: dict[str, _StorageRef] = {}
-
-  def find_class(self, module, name):
-    if (module, name) in self._ALLOWED:
-      return self._ALLOWED[(module, name)]
-    if module == "torch" and name in self._kinds:
-      return _StorageType(name)
-    raise RefusedGlobalError(safe_files.one_line(
-        f"{self._src}: refusing to load global {module}.{name} (only {self._allowed_what} are "
-        "allowed)"))
-
-  def persistent_load(self, pid):
-    # torch.save writes ('storage', storage_type, key, location, numel); the location
-    # ('cpu', 'cuda:0') is where the tensor lived when saved, irrelevant to its bytes.
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-      raise safe_files.error(self._src, f"unsupported persistent id {pid!r:.200}")
-    stype, key, numel = pid[1], pid[2], pid[4]
-    if not isinstance(stype, _StorageType) or stype.name not in self._kinds:
-      raise safe_files.error(self._src, f"storage of unsupported type {stype!r:.100}")
-    if not (isinstance(key, (str, int)) and not isinstance(key, bool)
-            and isinstance(numel, int) and not isinstance(numel, bool) and numel >= 0):
-      raise safe_files.error(self._src, f"malformed storage id {pid!r:.200}")
-    if numel > self._max_storage_elements:
-      raise safe_files.error(self._src, f"storage {key} has {numel} elements, over the limit "
-                             f"of {self._max_storage_elements}")
-    key, kind = str(key), self._kinds[stype.name]
-    ref = _StorageRef(key, kind, numel)
-    if key in self.storages:
-      if self.storages[key] != ref:
-        raise safe_files.error(self._src, f"storage {key} is referenced with two types or "
-                               "sizes")
-      return ref
-    member = f"{self._prefix}data/{key}"
-    try:
-      info = self._zf.getinfo(member)
-    except KeyError as e:
-      raise safe_files.error(self._src, f"storage {key} missing from the archive") from e
-    # The zip member's declared size must be what the pickle's element count needs: only then
-    # do later reads (bounded by the declared size) give exactly the bytes the tensors index.
-    itemsize = kind.raw.itemsize
-    if info.file_size != numel * itemsize:
-      raise safe_files.error(self._src, f"storage {key} declares {info.file_size} bytes, its "
-                             f"{numel} {stype.name} elements need {numel * itemsize}")
-    safe_files.check_zip_member(self._src, info, archive_bytes=self._archive_bytes,
-                                max_ratio=self._max_ratio)
-    self.storages[key] = ref
-    return ref
-
-
-def _check_geometry(src: str, key: str, spec: _TensorSpec, max_elements: int) -> int:
+def _check_geometry(src: str, key: str, spec: TensorSpec, max_elements: int) -> int:
   """Element count of `spec` after checking it lies inside its storage; raises otherwise."""
-  if not isinstance(spec.storage, _StorageRef):
+  if not isinstance(spec.storage, StorageRef):
     raise safe_files.error(src, f"tensor {key!r} is rebuilt from something that is not a "
                            "storage")
   size, stride, offset = spec.size, spec.stride, spec.offset
@@ -232,7 +88,7 @@ def _check_geometry(src: str, key: str, spec: _TensorSpec, max_elements: int) ->
   return n
 
 
-def _materialise(spec: _TensorSpec, flat: np.ndarray) -> np.ndarray:
+def _materialise(spec: TensorSpec, flat: np.ndarray) -> np.ndarray:
   """Copies the strided view `spec` of `flat` (checked by `_check_geometry`) as its kind's out."""
   kind = spec.storage.kind
   size = tuple(spec.size)
@@ -249,63 +105,7 @@ def _materialise(spec: _TensorSpec, flat: np.ndarray) -> np.ndarray:
   return view.astype(kind.out)  # bool: any nonzero byte is True, as torch reads it
 
 
-def _check_opcodes(path: str, name: str, data: bytes) -> None:
-  """Walks the pickle's opcodes without running them; refuses a malformed or truncated one.
-
-  The unpickler allocates a counted bytes or string object at its declared length before it
-  reads it, so a 20-byte pickle could make it allocate 4 GiB; pickletools reads each object's
-  bytes first and fails when fewer remain than declared.
-  """
-  try:
-    for _ in pickletools.genops(data):
-      pass
-  except Exception as e:  # pylint: disable=broad-except  (ValueError mostly; any is malformed)
-    raise safe_files.error(path, f"malformed {name} ({type(e).__name__}: {e})") from e
-
-
-@contextlib.contextmanager
-def _unpickled(path: str, *, max_tensor_elements: int, max_pickle_bytes: int,
-               max_ratio: float, storage_kinds: dict[str, _StorageKind],
-               allowed: str) -> Iterator[tuple[zipfile.ZipFile, str, Any]]:
-  """Opens the checkpoint and unpickles data.pkl; yields (open zip, member prefix, object).
-
-  The zip stays open inside the block so the caller can read the storages it wants.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"torch checkpoint not found: {path}")
-  if not zipfile.is_zipfile(path):
-    raise safe_files.error(path, "not a torch zip checkpoint (truncated, or the legacy "
-                           "torch.save format, which is not supported; re-save it with "
-                           "torch >= 1.6)")
-  with safe_files.open_zip(path, "torch zip checkpoint") as zf:
-    names = zf.namelist()
-    pkls = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-    if len(pkls) != 1:
-      raise safe_files.error(path, f"expected one <dir>/data.pkl in the archive, found "
-                             f"{pkls[:4]}")
-    prefix = pkls[0][:-len("data.pkl")]
-    if f"{prefix}byteorder" in names:
-      order = safe_files.read_zip_member(path, zf, f"{prefix}byteorder", max_bytes=16)
-      if order.strip() != b"little":
-        raise safe_files.error(path, f"byteorder {order[:16]!r} is not supported")
-    data = safe_files.read_zip_member(path, zf, pkls[0], max_bytes=max_pickle_bytes,
-                                      max_ratio=max_ratio)
-    _check_opcodes(path, pkls[0], data)
-    unpickler = RestrictedUnpickler(io.BytesIO(data), zf, prefix, path,
-                                    max_storage_elements=max_tensor_elements,
-                                    max_ratio=max_ratio, storage_kinds=storage_kinds,
-                                    allowed=allowed)
-    try:
-      obj = unpickler.load()
-    except UntrustedFileError:
-      raise
-    # A malformed pickle raises any type (EOFError, KeyError on a bad memo, TypeError, ...).
-    except Exception as e:  # pylint: disable=broad-except
-      raise safe_files.error(path, f"malformed {pkls[0]} ({type(e).__name__}: {e})") from e
-    yield zf, prefix, obj
-
-
-def _check_total(path: str, counts: dict[str, int], refs: Sequence[_StorageRef],
+def _check_total(path: str, counts: dict[str, int], refs: Sequence[StorageRef],
                  max_total_elements: int | None) -> None:
   """Refuses tensors (name -> element count) holding more than the limit for their storages."""
   if max_total_elements is None:
@@ -320,7 +120,7 @@ def _check_total(path: str, counts: dict[str, int], refs: Sequence[_StorageRef],
                            f"{counts[biggest]} elements)")
 
 
-def _read_tensors(path: str, zf: zipfile.ZipFile, prefix: str, specs: Sequence[_TensorSpec],
+def _read_tensors(path: str, zf: zipfile.ZipFile, prefix: str, specs: Sequence[TensorSpec],
                   max_ratio: float) -> Iterator[np.ndarray]:
   """Yields the tensors `specs` (geometry checked), reading only the storages they use.
 
@@ -369,13 +169,13 @@ def read_torch_state_dict(path: str, *, max_tensor_elements: int = MAX_TENSOR_EL
       there is one: not a torch zip checkpoint, big-endian, not a flat tensor dict, a tensor
       outside its storage or over a limit, a corrupt or oversized member.
   """
-  with _unpickled(path, max_tensor_elements=max_tensor_elements,
-                  max_pickle_bytes=max_pickle_bytes, max_ratio=max_ratio,
-                  storage_kinds=_FLOAT_STORAGES, allowed="tensor state dicts") as (zf, prefix,
-                                                                                    obj):
+  with torch_pickle.unpickled(path, max_tensor_elements=max_tensor_elements,
+                              max_pickle_bytes=max_pickle_bytes, max_ratio=max_ratio,
+                              storage_kinds=torch_pickle.FLOAT_STORAGES,
+                              allowed="tensor state dicts") as (zf, prefix, obj):
     if isinstance(obj, dict) and "generator" in obj:
       obj = obj["generator"]
-    if not isinstance(obj, dict) or not all(isinstance(v, _TensorSpec) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(v, TensorSpec) for v in obj.values()):
       raise safe_files.error(path, "expected a dict of tensors (or {'generator': ...})")
     specs = {str(k): v for k, v in obj.items()}
     if len(specs) != len(obj):  # e.g. keys 1 and "1": one would silently replace the other.
@@ -391,25 +191,14 @@ def _describe(keypath: KeyPath) -> str:
   return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _what(x) -> str:
-  """A name for a value a checkpoint may not hold, without repr() (it may be huge)."""
-  if isinstance(x, _StorageRef):
-    return "bare storage (not inside a tensor)"
-  if isinstance(x, _StorageType):
-    return f"storage class torch.{x.name}"
-  if x is _rebuild_tensor_v2 or x is collections.OrderedDict:
-    return "global (a function or class, not a value)"
-  return f"value of type {type(x).__name__}"
-
-
 _PLAIN_TYPES = (int, float, bool, str, type(None))
 _CONTAINER_TYPES = (dict, collections.OrderedDict, list, tuple)
 
 
-def _convert(path: str, root: Any, on_tensor: Callable[[KeyPath, _TensorSpec], Any]) -> Any:
+def _convert(path: str, root: Any, on_tensor: Callable[[KeyPath, TensorSpec], Any]) -> Any:
   """A copy of the unpickled `root` as plain Python, each tensor replaced by `on_tensor`'s value.
 
-  Exact types only: the stand-ins (_TensorSpec, storages) are tuples, and must not pass as
+  Exact types only: the stand-ins (TensorSpec, storages) are tuples, and must not pass as
   ones. An object the pickle references twice (its memo) is converted once and shared, as
   torch.load shares it; `on_tensor` sees the first key path that reaches it. Sharing makes the
   walk linear in the pickle's objects (a chain of tuples each holding the next twice would
@@ -424,13 +213,13 @@ def _convert(path: str, root: Any, on_tensor: Callable[[KeyPath, _TensorSpec], A
       return x
     if id(x) in memo:
       return memo[id(x)]
-    if t is _TensorSpec:
+    if t is TensorSpec:
       memo[id(x)] = out = on_tensor(keypath, x)
       return out
     if t not in _CONTAINER_TYPES:
-      raise safe_files.error(path, f"{_describe(keypath)} is a {_what(x)}; a checkpoint may "
-                             "only hold tensors, dicts, lists, tuples, str, int, float, bool "
-                             "and None")
+      raise safe_files.error(path, f"{_describe(keypath)} is a "
+                             f"{torch_pickle.describe_value(x)}; a checkpoint may only hold "
+                             "tensors, dicts, lists, tuples, str, int, float, bool and None")
     if id(x) in active:
       raise safe_files.error(path, f"{_describe(keypath)} contains itself")
     if len(keypath) >= MAX_DEPTH:
@@ -446,7 +235,8 @@ def _convert(path: str, root: Any, on_tensor: Callable[[KeyPath, _TensorSpec], A
         # int64 bounds keep every key printable (str() of a huge int raises) and hashable cheaply.
         if not (type(k) is str or (type(k) is int and k.bit_length() < 64)):
           raise safe_files.error(path, f"{_describe(keypath)} has a dict key that is a "
-                                 f"{_what(k)}; only str and int keys are supported")
+                                 f"{torch_pickle.describe_value(k)}; only str and int keys "
+                                 "are supported")
         out[k] = visit(v, keypath + (k,))
     active.discard(id(x))
     memo[id(x)] = out
@@ -501,15 +291,15 @@ def read_torch_checkpoint(path: str, *, load: Callable[[KeyPath], bool] = lambda
       set, a bare storage), a container that contains itself or is nested over MAX_DEPTH deep,
       a tensor outside its storage or over a limit, a corrupt or oversized member.
   """
-  with _unpickled(path, max_tensor_elements=max_tensor_elements,
-                  max_pickle_bytes=max_pickle_bytes, max_ratio=max_ratio,
-                  storage_kinds=_CHECKPOINT_STORAGES,
-                  allowed="tensors and plain containers") as (zf, prefix, obj):
+  with torch_pickle.unpickled(path, max_tensor_elements=max_tensor_elements,
+                              max_pickle_bytes=max_pickle_bytes, max_ratio=max_ratio,
+                              storage_kinds=torch_pickle.CHECKPOINT_STORAGES,
+                              allowed="tensors and plain containers") as (zf, prefix, obj):
     # First walk: check every tensor's geometry (reading nothing) and choose those to read.
-    wanted: list[_TensorSpec] = []
+    wanted: list[TensorSpec] = []
     counts: dict[str, int] = {}
 
-    def check(keypath: KeyPath, spec: _TensorSpec) -> None:
+    def check(keypath: KeyPath, spec: TensorSpec) -> None:
       name = _describe(keypath)
       n = _check_geometry(path, name, spec, max_tensor_elements)
       if load(keypath):
@@ -523,7 +313,7 @@ def read_torch_checkpoint(path: str, *, load: Callable[[KeyPath], bool] = lambda
     arrays = dict(zip(map(id, wanted), _read_tensors(path, zf, prefix, wanted, max_ratio)))
 
     # Second walk: the same structure with the arrays, or placeholders for the others.
-    def value(keypath: KeyPath, spec: _TensorSpec):
+    def value(keypath: KeyPath, spec: TensorSpec):
       del keypath
       if id(spec) in arrays:
         return arrays[id(spec)]

@@ -1,4 +1,4 @@
-"""The preview drawing of `render`, frame by frame as a stream produces them, as JPEG images.
+"""The drawing of `preview_frames`, frame by frame as a stream produces them, as JPEG images.
 
 The offline preview relates each clip's pose to the clip's own mean; a stream cannot wait for
 that, so poses are drawn relative to the training data's mean pose (`PoseFrame.from_stats`).
@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from avflow_jax.inference import render
+from avflow_jax.inference import preview_frames
 
 
 class FramePainter:
@@ -26,15 +26,15 @@ class FramePainter:
     """
     self.size = int(size) + int(size) % 2
     self.quality = int(quality)
-    self._pose = render.PoseFrame.from_stats(head_mean, head_std)
+    self._pose = preview_frames.PoseFrame.from_stats(head_mean, head_std)
     self._pca, self._codes_seen, self._pca_frames = None, [], int(pca_frames)
 
-  def _codes_pca(self, codes: np.ndarray) -> render.CodePca:
+  def _codes_pca(self, codes: np.ndarray) -> preview_frames.CodePca:
     if self._pca is not None:
       return self._pca
     self._codes_seen.append(codes)
     seen = np.concatenate(self._codes_seen)
-    pca = render.CodePca(seen)
+    pca = preview_frames.CodePca(seen)
     if len(seen) >= self._pca_frames:
       self._pca, self._codes_seen = pca, []
     return pca
@@ -57,7 +57,7 @@ class FramePainter:
     else:
       pca = None
       face_channels = np.clip(np.asarray(face_channels, np.float64), 0.0, 1.0)
-    panel = render.Panel(head, face_channels, codes, self._pose, pca, self.size, None)
+    panel = preview_frames.Panel(head, face_channels, codes, self._pose, pca, self.size, None)
     out = []
     for i in range(head.shape[0]):
       buf = io.BytesIO()

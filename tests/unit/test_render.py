@@ -9,6 +9,7 @@ from PIL import Image
 import pytest
 
 from avflow_jax.core import plots
+from avflow_jax.inference import preview_frames
 from avflow_jax.inference import render
 
 SR = 22050
@@ -75,13 +76,13 @@ def test_face_drawing_follows_channels_and_pose():
   ch[0] = [1.0, 0.0, 0.5, 0.0, 0.0, 0.0]  # jaw open, lips apart
   ch[1] = [1.0, 1.0, 0.5, 0.0, 0.0, 0.0]  # jaw open but lips closed -> no opening
   ch[2] = [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # eyes shut
-  frames = render.draw_frames(head_pose=head, face_channels=ch, size=256)
+  frames = preview_frames.draw_frames(head_pose=head, face_channels=ch, size=256)
   assert frames.shape == (t, 256, 256, 3) and frames.dtype == np.uint8
-  mouth = [_pixels(f, render._MOUTH) for f in frames]  # pylint: disable=protected-access
+  mouth = [_pixels(f, preview_frames._MOUTH) for f in frames]  # pylint: disable=protected-access
   assert mouth[0] > 300 and mouth[1] == 0
   white = [_pixels(f, (255, 255, 255), 2) for f in frames]
   assert white[1] > 120 and white[2] < white[1] // 5
-  skin = [np.argwhere(np.abs(f.astype(int) - render._SKIN).max(-1) < 6)  # pylint: disable=protected-access
+  skin = [np.argwhere(np.abs(f.astype(int) - preview_frames._SKIN).max(-1) < 6)  # pylint: disable=protected-access
           for f in frames]
   assert skin[3][:, 1].mean() > skin[2][:, 1].mean() + 10  # translated to the right
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from avflow_jax.core import safe_files
+from avflow_jax.core import torch_pickle
 from avflow_jax.core import torch_reader
 from avflow_jax.core.safe_files import UntrustedFileError
 from avflow_jax.core.torch_reader import TensorInfo
@@ -263,7 +264,7 @@ def test_globals_outside_the_allow_list_refused_without_running(tmp_path, monkey
   marker = tmp_path / "pwned_marker"
   path = checkpoint_zip(tmp_path / "evil.pt", b"]cos\nsystem\n" + op(f"touch {marker}")
                         + b"\x85Ra")
-  with pytest.raises(torch_reader.RefusedGlobalError, match="evil.pt.*os.system"):
+  with pytest.raises(torch_pickle.RefusedGlobalError, match="evil.pt.*os.system"):
     read_torch_checkpoint(path, load=lambda kp: False)
   assert not marker.exists()
   # A BUILD on the tensor stand-in cannot set attributes on the object every load shares.
@@ -271,4 +272,4 @@ def test_globals_outside_the_allow_list_refused_without_running(tmp_path, monkey
                         + op("__defaults__") + op((True,)) + b"ub")
   with pytest.raises(UntrustedFileError, match="build.pt: malformed"):
     read_torch_checkpoint(path)
-  assert not hasattr(torch_reader._rebuild_tensor_v2, "__dict__")
+  assert not hasattr(torch_pickle._rebuild_tensor_v2, "__dict__")

@@ -24,6 +24,7 @@ from avflow_jax import convert_bigvgan
 from avflow_jax.core import audio
 from avflow_jax.core import face_rig
 from avflow_jax.core import safe_files
+from avflow_jax.core import torch_pickle
 from avflow_jax.core import torch_reader
 from avflow_jax.core.errors import BadInput
 from avflow_jax.core.safe_files import UntrustedFileError
@@ -185,7 +186,7 @@ def test_torch_reader_refuses_globals_by_name_without_running_them(tmp_path, mon
   evil = b"\x80\x02cos\nsystem\n" + _op(f"touch {marker}") + b"\x85R."
   path = torch_zip(tmp_path / "evil.pt", evil, {})
   msg = refused(lambda: torch_reader.read_torch_state_dict(path),
-                torch_reader.RefusedGlobalError, path)
+                torch_pickle.RefusedGlobalError, path)
   assert "os.system" in msg and not marker.exists()
   # Also a pickle.UnpicklingError and an UntrustedFileError, as callers may catch either.
   with pytest.raises(pickle.UnpicklingError):
