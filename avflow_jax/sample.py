@@ -164,6 +164,133 @@ def check_length(args, num_frames: int, what: str) -> None:
                        hint="split it, or raise the limit with --max-seconds S")
 
 
+def _read_inputs(args) -> tuple[Optional[np.ndarray], Optional[tuple], Optional[np.ndarray]]:
+  """(--tokens, --audio as (samples, rate), --participant), each None when not given.
+
+  Read and length-checked before the model loads: a too long input costs nothing (and audio is
+  refused before the ASR model runs over it).
+  """
+  tokens = load_tokens_file(args.tokens) if args.tokens else None
+  if tokens is not None:
+    check_length(args, tokens.shape[0], f"--tokens {args.tokens}")
+  audio = load_audio_file(args.audio) if args.audio else None
+  if audio is not None:
+    check_length(args, int(audio[0].shape[0] / audio[1] * C.FRAME_RATE), f"--audio {args.audio}")
+  participant = None
+  if args.participant:
+    participant = cli.load_frames(args.participant, "--participant",
+                                C.PARTICIPANT_DIM, "participant tokens + SMIRK features")
+  return tokens, audio, participant
+
+
+def _load_avatar(args, timings: dict, log):
+  """The avatar of --workdir, its vocoder loaded (bad vocoder weights fail here, early)."""
+  from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top  (imports JAX)
+  t0 = time.perf_counter()
+  avatar = avatar_lib.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
+                                  which=args.which, data_dir=args.data_dir,
+                                  max_seconds=args.max_seconds)
+  avatar.vocoder  # pylint: disable=pointless-statement
+  timings["load"] = time.perf_counter() - t0
+  log(f"loaded {avatar.loaded.workdir} (step {avatar.loaded.step}, {args.which} weights) in "
+      f"{timings['load']:.1f} s")
+  return avatar
+
+
+def _resolve_inputs(args, avatar, tokens, audio, participant, timings: dict, log):
+  """(tokens to sample from, participant features or None, --compare's ground truth or None).
+
+  The tokens are --tokens, --audio through the ASR model, --text through the text-to-tokens
+  run, or else --compare's recorded ones; a dyadic avatar without --participant gets a still,
+  average listener.
+  """
+  from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top
+  from avflow_jax.inference import text_tokens  # pylint: disable=g-import-not-at-top
+  gt = None
+  if args.compare:
+    record = clips.read_clip(avatar.loaded.data_dir, avatar.loaded.manifest, args.compare)
+    if tokens is None and audio is None and args.text is None:
+      check_length(args, len(record["tokens"]), f"--compare {args.compare}")
+    gt = outputs.ground_truth(avatar, record)
+    if tokens is None and audio is None and args.text is None:
+      tokens = np.asarray(record["tokens"], np.float32)
+      if participant is None and avatar.loaded.uses_participant:
+        participant = np.asarray(record["participant"], np.float32)
+  if audio is not None:
+    t0 = time.perf_counter()
+    tokens = avatar_lib.tokens_from_audio(audio[0], audio[1], avatar_lib.load_asr(
+        args.asr_weights), official=args.official)
+    timings["asr"] = time.perf_counter() - t0
+    log(f"ASR tokens: {tokens.shape[0]} frames in {timings['asr']:.1f} s")
+  if args.text is not None:
+    t0 = time.perf_counter()
+    t2t = text_tokens.load_text_to_tokens(args.t2t_workdir)
+    tokens = text_tokens.text_to_tokens(args.text, t2t, seed=args.seed)
+    timings["text_to_tokens"] = time.perf_counter() - t0
+    log(f"text -> {tokens.shape[0]} token frames in {timings['text_to_tokens']:.1f} s")
+  # --compare and --text know their length only now; still before any sampling.
+  check_length(args, tokens.shape[0], "--text" if args.text is not None
+               else f"--audio {args.audio}" if args.audio
+               else f"--tokens {args.tokens}" if args.tokens else f"--compare {args.compare}")
+  if participant is not None and participant.shape[0] != tokens.shape[0]:
+    raise InputError(f"--participant has {participant.shape[0]} frames but the input has "
+                     f"{tokens.shape[0]}")
+  if participant is None and avatar.loaded.uses_participant:
+    participant = avatar.neutral_participant(tokens.shape[0])
+    log("dyadic avatar and no --participant: the listener is a still, average one (the "
+        "training mean of the participant features)")
+  return tokens, participant, gt
+
+
+def _sample(args, avatar, tokens: np.ndarray, participant, timings: dict, log):
+  """(--num-samples motions of `tokens` (batched "mel", "face", "head"), their waveforms)."""
+  from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top
+  k = args.num_samples
+  batch = np.broadcast_to(tokens, (k,) + tokens.shape)
+  part = None if participant is None else np.broadcast_to(participant,
+                                                          (k,) + participant.shape)
+  noise = None
+  if args.noise:
+    noise = cli.load_npy(args.noise, "--noise")
+    if noise.ndim == 2:
+      noise = np.broadcast_to(noise, (k,) + noise.shape)
+  t0 = time.perf_counter()
+  before = avatar_lib.compiled_programs()
+  motion = avatar.sample_motion(batch, seed=args.seed, num_steps=args.steps, participant=part,
+                                temperature=args.temperature, noise=noise)
+  timings["sample"] = time.perf_counter() - t0
+  timings["compiled"] = avatar_lib.compiled_programs() - before
+  seconds = tokens.shape[0] / C.FRAME_RATE
+  log(f"sampled {k} x {tokens.shape[0]} frames ({seconds:.2f} s) in {timings['sample']:.1f} s"
+      + (" (including compilation)" if timings["compiled"] else ""))
+
+  t0 = time.perf_counter()
+  waveforms = avatar.vocode(motion["mel"], clip=not args.no_clip)
+  timings["vocoder"] = time.perf_counter() - t0
+  log(f"vocoded with {avatar.vocoder.name} in {timings['vocoder']:.1f} s")
+  return motion, waveforms
+
+
+def _write_samples(args, staging, avatar, motion, waveforms, tokens, gt, timings: dict,
+                   log) -> None:
+  """Writes each sample's wav, npz, mp4 and png into `staging` (NAME, or NAME_k for k > 1)."""
+  k = args.num_samples
+  base = _default_name(args)
+  names = [base] if k == 1 else [f"{base}_{i}" for i in range(k)]
+  for i, name in enumerate(names):
+    sample = avatar.motion_outputs(motion["mel"][i], motion["face"][i], motion["head"][i])
+    sample["waveform"] = waveforms[i]
+    if avatar.face_rig is not None:
+      from avflow_jax.core import face_rig  # pylint: disable=g-import-not-at-top
+      sample["rig_channels"] = face_rig.CHANNELS
+    meta = {"seed": args.seed, "sample_index": i, "num_steps": args.steps,
+            "temperature": args.temperature, "checkpoint_step": avatar.loaded.step,
+            "noise_file": args.noise or "", "clipped": not args.no_clip}
+    outputs.write_sample(staging, name, sample, avatar=avatar, tokens=tokens, gt=gt, meta=meta,
+                         timings=timings)
+    log(f"[{i + 1}/{k}] {name}: wav, npz, mp4, png")
+
+
 def run(args, log=print) -> dict[str, Any]:
   """Runs the CLI with parsed `args`; returns {"files": [...], "timings": {stage: seconds}}.
 
@@ -173,103 +300,14 @@ def run(args, log=print) -> dict[str, Any]:
   timings: dict[str, float] = {}
   start = time.perf_counter()
   check_arguments(args)
-  tokens = load_tokens_file(args.tokens) if args.tokens else None
-  if tokens is not None:  # Before the model loads: a too long input costs nothing.
-    check_length(args, tokens.shape[0], f"--tokens {args.tokens}")
-  audio = load_audio_file(args.audio) if args.audio else None
-  if audio is not None:  # And before the ASR model runs over it.
-    check_length(args, int(audio[0].shape[0] / audio[1] * C.FRAME_RATE), f"--audio {args.audio}")
-  participant = None
-  if args.participant:
-    participant = cli.load_frames(args.participant, "--participant",
-                                C.PARTICIPANT_DIM, "participant tokens + SMIRK features")
+  tokens, audio, participant = _read_inputs(args)
   staging = outputs.Staging(args.output, what="--output")
   try:
-    from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top  (imports JAX)
-    from avflow_jax.inference import text_tokens
-
-    t0 = time.perf_counter()
-    avatar = avatar_lib.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
-                             which=args.which, data_dir=args.data_dir,
-                             max_seconds=args.max_seconds)
-    avatar.vocoder  # pylint: disable=pointless-statement  (bad vocoder weights fail here, early)
-    timings["load"] = time.perf_counter() - t0
-    log(f"loaded {avatar.loaded.workdir} (step {avatar.loaded.step}, {args.which} weights) in "
-        f"{timings['load']:.1f} s")
-
-    gt = None
-    if args.compare:
-      record = clips.read_clip(avatar.loaded.data_dir, avatar.loaded.manifest, args.compare)
-      if tokens is None and audio is None and args.text is None:
-        check_length(args, len(record["tokens"]), f"--compare {args.compare}")
-      gt = outputs.ground_truth(avatar, record)
-      if tokens is None and audio is None and args.text is None:
-        tokens = np.asarray(record["tokens"], np.float32)
-        if participant is None and avatar.loaded.uses_participant:
-          participant = np.asarray(record["participant"], np.float32)
-    if audio is not None:
-      t0 = time.perf_counter()
-      tokens = avatar_lib.tokens_from_audio(audio[0], audio[1], avatar_lib.load_asr(
-          args.asr_weights), official=args.official)
-      timings["asr"] = time.perf_counter() - t0
-      log(f"ASR tokens: {tokens.shape[0]} frames in {timings['asr']:.1f} s")
-    if args.text is not None:
-      t0 = time.perf_counter()
-      t2t = text_tokens.load_text_to_tokens(args.t2t_workdir)
-      tokens = text_tokens.text_to_tokens(args.text, t2t, seed=args.seed)
-      timings["text_to_tokens"] = time.perf_counter() - t0
-      log(f"text -> {tokens.shape[0]} token frames in {timings['text_to_tokens']:.1f} s")
-    # --compare and --text know their length only now; still before any sampling.
-    check_length(args, tokens.shape[0], "--text" if args.text is not None
-                 else f"--audio {args.audio}" if args.audio
-                 else f"--tokens {args.tokens}" if args.tokens else f"--compare {args.compare}")
-    if participant is not None and participant.shape[0] != tokens.shape[0]:
-      raise InputError(f"--participant has {participant.shape[0]} frames but the input has "
-                       f"{tokens.shape[0]}")
-
-    if participant is None and avatar.loaded.uses_participant:
-      participant = avatar.neutral_participant(tokens.shape[0])
-      log("dyadic avatar and no --participant: the listener is a still, average one (the "
-          "training mean of the participant features)")
-
-    k = args.num_samples
-    batch = np.broadcast_to(tokens, (k,) + tokens.shape)
-    part = None if participant is None else np.broadcast_to(participant,
-                                                            (k,) + participant.shape)
-    noise = None
-    if args.noise:
-      noise = cli.load_npy(args.noise, "--noise")
-      if noise.ndim == 2:
-        noise = np.broadcast_to(noise, (k,) + noise.shape)
-    t0 = time.perf_counter()
-    before = avatar_lib.compiled_programs()
-    motion = avatar.sample_motion(batch, seed=args.seed, num_steps=args.steps, participant=part,
-                                  temperature=args.temperature, noise=noise)
-    timings["sample"] = time.perf_counter() - t0
-    timings["compiled"] = avatar_lib.compiled_programs() - before
-    seconds = tokens.shape[0] / C.FRAME_RATE
-    log(f"sampled {k} x {tokens.shape[0]} frames ({seconds:.2f} s) in {timings['sample']:.1f} s"
-        + (" (including compilation)" if timings["compiled"] else ""))
-
-    t0 = time.perf_counter()
-    waveforms = avatar.vocode(motion["mel"], clip=not args.no_clip)
-    timings["vocoder"] = time.perf_counter() - t0
-    log(f"vocoded with {avatar.vocoder.name} in {timings['vocoder']:.1f} s")
-
-    base = _default_name(args)
-    names = [base] if k == 1 else [f"{base}_{i}" for i in range(k)]
-    for i, name in enumerate(names):
-      sample = avatar.motion_outputs(motion["mel"][i], motion["face"][i], motion["head"][i])
-      sample["waveform"] = waveforms[i]
-      if avatar.face_rig is not None:
-        from avflow_jax.core import face_rig  # pylint: disable=g-import-not-at-top
-        sample["rig_channels"] = face_rig.CHANNELS
-      meta = {"seed": args.seed, "sample_index": i, "num_steps": args.steps,
-              "temperature": args.temperature, "checkpoint_step": avatar.loaded.step,
-              "noise_file": args.noise or "", "clipped": not args.no_clip}
-      outputs.write_sample(staging, name, sample, avatar=avatar, tokens=tokens, gt=gt, meta=meta,
-                   timings=timings)
-      log(f"[{i + 1}/{k}] {name}: wav, npz, mp4, png")
+    avatar = _load_avatar(args, timings, log)
+    tokens, participant, gt = _resolve_inputs(args, avatar, tokens, audio, participant,
+                                              timings, log)
+    motion, waveforms = _sample(args, avatar, tokens, participant, timings, log)
+    _write_samples(args, staging, avatar, motion, waveforms, tokens, gt, timings, log)
     files = staging.commit()
   except BaseException:
     staging.abort()

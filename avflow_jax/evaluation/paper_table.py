@@ -28,7 +28,6 @@ import functools
 import json
 import multiprocessing
 import os
-import platform
 import re
 import sys
 import time
@@ -37,21 +36,17 @@ from typing import Any, Optional
 import numpy as np
 
 from avflow_jax.core import cli
-from avflow_jax.core import constants as C
 from avflow_jax.core import files
 from avflow_jax.core import metric_writer
 from avflow_jax.core import run_dir
 from avflow_jax.core.errors import InputError
 from avflow_jax.evaluation import av_metrics
-from avflow_jax.evaluation import common
+from avflow_jax.evaluation import paper_table_markdown
+from avflow_jax.evaluation import run_facts
 
 TABLE_VERSION = 1
-# The paper's Table 1 columns, then this project's jitter ratios.
-COLUMNS = ("F1_lips", "FDe", "Div_h", "Div_e", "BC_h", "BC_e", "MCD", "WER", "Jitter_face",
-           "Jitter_head")
 SEED_STRIDE = 1000  # Seed k scores clip i with noise seed SEED_STRIDE k + i.
 TIMED_SECONDS = 20.0  # Table 2: the time of one sample of this length.
-TIMED_REPEATS = 3
 # 2: initial noise per frame (flow.frame_noise), the recogniser reset per utterance and capped
 # at 3000 HMMs per frame. Reports of another version are measured anew, not reused.
 PROTOCOL_VERSION = 2
@@ -222,100 +217,11 @@ def score_text_driven(evaluate_text, name: str, workdir: str, seed: int, args, o
   return evaluate_text(ns, log=lambda m: log(f"  {m}"))
 
 
-def run_summary(workdir: str) -> dict:
-  """Variant, parameter count, steps and training time of an AV run (from its files)."""
-  config = run_dir.read_run_config(workdir, "--runs")
-  step, params = run_dir.load_params(workdir, "ema")
-  import jax  # pylint: disable=g-import-not-at-top
-
-  def train_seconds(d: str) -> Optional[float]:
-    """Seconds spent in training steps: the logged intervals over their step rates (start-up,
-    compilation, evaluations and checkpoints are not counted)."""
-    path = os.path.join(d, "metrics.jsonl")
-    if not os.path.isfile(path):
-      return None
-    total, last = 0.0, 0
-    with open(path) as f:
-      for line in f:
-        m = json.loads(line)
-        if m.get("steps_per_s") and "step" in m:
-          total += (m["step"] - last) / m["steps_per_s"]
-          last = m["step"]
-    return total
-  vae_dir = config.head_vae.get("workdir") or os.path.join(workdir, run_dir.HEAD_VAE_DIR)
-  return {"variant": config.model.get("variant", "av_flow"), "step": int(step),
-          "params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
-          "train_s": train_seconds(workdir), "head_vae_train_s": train_seconds(vae_dir),
-          "model": {k: config.model.get(k) for k in ("d_model", "num_layers", "hidden_dim")}}
-
-
-def device_name() -> str:
-  """The machine the timing ran on, in words."""
-  import jax  # pylint: disable=g-import-not-at-top
-  dev = jax.devices()[0]
-  if dev.platform == "cpu":
-    model = platform.processor() or "cpu"
-    try:
-      with open("/proc/cpuinfo") as f:
-        model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-      pass
-    return f"CPU, {os.cpu_count()} cores ({model})"
-  return f"{jax.device_count()} × {dev.device_kind} ({dev.platform})"
-
-
-def sampling_time(workdir: str, args, seconds: float) -> dict:
-  """Median wall time of one `seconds`-long sample (8 Euler steps; compile excluded).
-
-  The tokens are the split's first clip's, tiled to length. For the cascaded variant the two
-  stages are also timed on their own.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from avflow_jax.data import clips  # pylint: disable=g-import-not-at-top
+def _sampling_time(workdir: str, args) -> dict:
+  """`run_facts.sampling_time` of the run at `workdir`: one --timed-seconds sample."""
   from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top
-  from avflow_jax.inference import sampling  # pylint: disable=g-import-not-at-top
-  from avflow_jax.models import dit  # pylint: disable=g-import-not-at-top
   avatar = avatar_lib.Avatar.load(workdir, vocoder_weights=args.vocoder_weights)
-  loaded = avatar.loaded
-  shards, entries = clips.split_entries(loaded.data_dir, loaded.manifest, args.split)
-  _, record = next(clips.iter_split_records(shards, entries[:1],
-                                            clips.page_frames(loaded.manifest)))
-  n = int(round(seconds * C.FRAME_RATE))
-  reps = -(-n // record["tokens"].shape[0])
-  tokens = np.tile(np.asarray(record["tokens"], np.float32), (reps, 1))[:n]
-  part = None
-  if loaded.uses_participant:
-    part = np.tile(np.asarray(record["participant"], np.float32), (reps, 1))[:n]
-
-  def median_time(fn) -> float:
-    jax.block_until_ready(fn())  # Compile and warm up.
-    times = []
-    for _ in range(TIMED_REPEATS):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-  out = {"seconds": seconds, "num_steps": args.steps, "repeats": TIMED_REPEATS,
-         "sample_s": median_time(lambda: avatar.sample_motion(tokens, num_steps=args.steps,
-                                                              participant=part)["mel"])}
-  mel = avatar.sample_motion(tokens, num_steps=args.steps, participant=part)["mel"][0]
-  out["vocoder_s"] = median_time(lambda: avatar.vocode(mel))
-  if dit.is_cascaded(loaded.model):
-    model, params = loaded.model, loaded.params
-    cond = sampling.condition(params["stats"], jax.numpy.asarray(tokens[None]),
-                              None if part is None else jax.numpy.asarray(part[None]))
-    x0 = jax.random.normal(jax.random.PRNGKey(0), (1, n, model.visual_dim + model.audio_dim))
-    stage1 = jax.jit(lambda c, x: sampling.solve_audio_stage(model, params["av"], c, x,
-                                                             args.steps))
-    stage2 = jax.jit(lambda c, m, x: sampling.solve_visual_stage(model, params["av"], c, m, x,
-                                                                 args.steps))
-    gen_mel = stage1(cond, x0[..., model.visual_dim:])
-    out["stages_s"] = {
-        "audio": median_time(lambda: stage1(cond, x0[..., model.visual_dim:])),
-        "visual": median_time(lambda: stage2(cond, gen_mel, x0[..., :model.visual_dim]))}
-  return out
+  return run_facts.sampling_time(avatar, args.split, args.steps, args.timed_seconds)
 
 
 # ---- The table -----------------------------------------------------------------------------------
@@ -327,60 +233,6 @@ def mean_std(values: list) -> dict:
     return {"mean": None, "std": None, "values": list(values)}
   return {"mean": float(np.mean(vals)), "std": float(np.std(vals)) if len(vals) > 1 else None,
           "values": list(values)}
-
-
-def _cell(stat: Optional[dict]) -> str:
-  if not stat or stat["mean"] is None:
-    return "–"
-  if stat["std"] is None:
-    return common.fmt(stat["mean"])
-  return f"{common.fmt(stat['mean'])} ± {stat['std']:.2g}"
-
-
-def render_markdown(table: dict) -> str:
-  """The table as markdown: the paper's Table 1 layout plus size, training and timing."""
-  p = table["protocol"]
-  lines = [
-      "# AV-Flow and its ablations (the paper's Table 1 protocol)", "",
-      f"* data: `{table['data_dir']}`, split `{p['split']}`: {table['num_clips']} clips, "
-      f"{table['seconds_evaluated']:.1f} s each evaluation"
-      + (f" (first {p['max_seconds']:g} s of each)" if p["max_seconds"] else " (whole clips)"),
-      f"* seeds {', '.join(map(str, p['seeds']))} (clip i of seed k: noise seed "
-      f"{SEED_STRIDE} k + i); {p['num_steps']} Euler steps; vocoder {table['vocoder']}; "
-      f"recogniser {table['recogniser'] or 'none'}",
-      f"* timing: one {p['timed_seconds']:g} s sample on {table['device']}", "",
-      "| row | " + " | ".join(COLUMNS) + f" | params | train | {p['timed_seconds']:g} s sample |",
-      "|---|" + "---|" * (len(COLUMNS) + 3),
-      "| better | " + " | ".join(av_metrics.DIRECTION[k].split(" (")[0] for k in COLUMNS)
-      + " | | | lower |",
-  ]
-  for row in table["rows"]:
-    size = f"{row['params'] / 1e6:.2f} M" if row.get("params") else "–"
-    train = f"{row['train_s'] / 60:.1f} min" if row.get("train_s") else "–"
-    timed = "–"
-    if row.get("timing"):
-      timed = f"{row['timing']['sample_s']:.2f} s"
-      if "stages_s" in row["timing"]:
-        st = row["timing"]["stages_s"]
-        timed += f" ({st['audio']:.2f} + {st['visual']:.2f})"
-    lines.append(f"| {row['name']} | " + " | ".join(_cell(row["metrics"].get(k))
-                                                   for k in COLUMNS)
-                 + f" | {size} | {train} | {timed} |")
-  if table["text_rows"]:
-    lines += ["", "Driven from text (tokens predicted by the text-to-tokens run "
-              f"`{table['t2t_workdir']}`):", "",
-              "| row | F1_lips | F1_lips (sentence frames) | token agreement |", "|---|---|---|---|"]
-    for row in table["text_rows"]:
-      m = row["metrics"]
-      lines.append(f"| {row['name']} | {_cell(m.get('F1_lips'))} | "
-                   f"{_cell(m.get('F1_lips_speech'))} | {_cell(m.get('token_agreement'))} |")
-  lines += ["", "Rows: mean ± std over the seeds (population std). `params`: the AV network's "
-            "parameters (the head VAE, shared by every row, not counted); `train`: seconds in "
-            "training steps (start-up, compilation, evaluations and checkpoints excluded). "
-            "Ground-truth rows: metrics that are defined on the recordings alone; the vocoded "
-            "ground truth is the recorded mel through the same vocoder (MCD's and WER's floor).",
-            "See docs/evaluation.md for the protocol."]
-  return "\n".join(lines) + "\n"
 
 
 def _reference_rows(report: dict) -> list[dict]:
@@ -412,7 +264,8 @@ def build_table(args, log=print, *, evaluate, evaluate_text) -> dict[str, Any]:
 
   start = time.perf_counter()
   rows, text_rows = [], []
-  summaries = {name: run_summary(workdir) for name, workdir in runs}  # Bad runs fail first.
+  # Bad runs fail first.
+  summaries = {name: run_facts.run_summary(workdir) for name, workdir in runs}
   by_job = score_all_token_driven(evaluate, runs, seeds, args, out_dir, log)
   first = by_job[(runs[0][0], seeds[0])]
   for name, workdir in runs:
@@ -422,7 +275,7 @@ def build_table(args, log=print, *, evaluate, evaluate_text) -> dict[str, Any]:
            "metrics": {k: mean_std([r["metrics"].get(k) for r in reports])
                        for k in av_metrics.METRIC_KEYS}}
     if not args.no_timing:
-      row["timing"] = sampling_time(workdir, args, args.timed_seconds)
+      row["timing"] = _sampling_time(workdir, args)
       log(f"{name}: one {args.timed_seconds:g} s sample {row['timing']['sample_s']:.2f} s")
     rows.append(row)
     if args.t2t_workdir:
@@ -438,12 +291,13 @@ def build_table(args, log=print, *, evaluate, evaluate_text) -> dict[str, Any]:
       "data_dir": first["data_dir"], "num_clips": first["num_clips"],
       "seconds_evaluated": first["seconds_evaluated"], "vocoder": first["config"]["vocoder"],
       "recogniser": first["config"]["recogniser"],
-      "device": device_name(), "t2t_workdir": args.t2t_workdir,
+      "device": run_facts.device_name(), "t2t_workdir": args.t2t_workdir,
       "rows": _reference_rows(first) + rows, "text_rows": text_rows,
-      "directions": {k: av_metrics.DIRECTION[k] for k in COLUMNS},
+      "directions": {k: av_metrics.DIRECTION[k] for k in paper_table_markdown.COLUMNS},
       "seconds": time.perf_counter() - start,
   }
-  files.write_atomic(os.path.join(out_dir, "table.md"), render_markdown(table))
+  files.write_atomic(os.path.join(out_dir, "table.md"),
+                     paper_table_markdown.render_markdown(table))
   files.write_atomic(os.path.join(out_dir, "table.json"),
                      json.dumps(table, indent=2, allow_nan=False) + "\n")
   log(f"wrote {out_dir}/table.md and table.json in {table['seconds']:.0f} s")

@@ -45,19 +45,16 @@ import numpy as np
 
 from avflow_jax.core import cli
 from avflow_jax.core import constants as C
-from avflow_jax.core import face_rig as face_rig_lib
 from avflow_jax.core import files
 from avflow_jax.core.errors import InputError
 from avflow_jax.data import clips
 from avflow_jax.data import utterances as utterances_lib
 from avflow_jax.evaluation import av_metrics
+from avflow_jax.evaluation import av_report
 from avflow_jax.evaluation import common
-from avflow_jax.evaluation import metrics
 from avflow_jax.evaluation import speech_recognition
 
-EXIT_BAD_INPUT = 2
 DEFAULT_MAX_SECONDS = 20.0
-REPORT_VERSION = 2  # 2: WER, jitter and the vocoded ground-truth row.
 METRIC_KEYS = av_metrics.METRIC_KEYS
 REFERENCE_KEYS = av_metrics.REFERENCE_KEYS
 
@@ -134,62 +131,6 @@ def crop_record(record: dict, max_frames: Optional[int], participant: bool) -> d
   return out
 
 
-# ---- Output --------------------------------------------------------------------------------------
-
-def render_markdown(report: dict) -> str:
-  """The markdown summary of a report (see `evaluate`)."""
-  cfg = report["config"]
-  title = "ground truth through the pipeline (--oracle)" if cfg["oracle"] else "samples"
-  lines = [
-      f"# AV-Flow evaluation: {title}",
-      "",
-      f"* run: `{report['workdir']}`, checkpoint step {report['checkpoint_step']} "
-      f"({cfg['which']} weights)",
-      f"* data: `{report['data_dir']}`, split `{report['split']}`: {report['num_clips']} clips, "
-      f"{report['seconds_evaluated']:.1f} s evaluated"
-      + (f" (first {cfg['max_seconds']:g} s of each)" if cfg["max_seconds"] else ""),
-      f"* sampler: {cfg['num_steps']} Euler steps, seed {cfg['seed']} (clip i: seed + i); "
-      f"vocoder: {cfg['vocoder']}",
-      "",
-      "| metric | generated | ground truth | vocoded ground truth | better |",
-      "|---|---|---|---|---|",
-  ]
-  ref = report["reference"]
-  for k in METRIC_KEYS:
-    lines.append(f"| {k} | {common.fmt(report['metrics'][k])} | "
-                 f"{common.fmt(ref['ground_truth'].get(k))} | "
-                 f"{common.fmt(ref['vocoded_ground_truth'].get(k))} | "
-                 f"{av_metrics.DIRECTION[k]} |")
-  if report["unavailable"]:
-    lines += ["", "Not available:", ""]
-    lines += [f"* {k}: {v}" for k, v in report["unavailable"].items()]
-  lines += ["", "See docs/evaluation.md for the definitions and fixed parameters.", "",
-            "## Per clip", "",
-            "| clip | seconds | " + " | ".join(av_metrics.PER_CLIP_KEYS) + " |",
-            "|---|---|" + "---|" * len(av_metrics.PER_CLIP_KEYS)]
-  for r in report["clips"]:
-    lines.append(f"| {r['name']} | {r['seconds']:.2f} | "
-                 + " | ".join(common.fmt(r.get(k)) for k in av_metrics.PER_CLIP_KEYS) + " |")
-  plotted = [r for r in report["clips"] if r.get("plot")]
-  if plotted:
-    lines += ["", "## Plots", "", "Solid: generated; dashed: ground truth.", ""]
-    for r in plotted:
-      lines += [f"### {r['name']}", "", f"![{r['name']}]({r['plot']})", ""]
-  return "\n".join(lines).rstrip() + "\n"
-
-
-def _plot_clip(path: str, clip: av_metrics.ClipStreams, rig) -> None:
-  from avflow_jax.core import plots  # pylint: disable=g-import-not-at-top
-  face, gt_face, names = clip.gen_face, clip.gt_face, None
-  if rig is not None:
-    face, gt_face = rig.decode(face, clip=True), rig.decode(gt_face, clip=True)
-    names = list(face_rig_lib.CHANNELS)
-  plots.plot_sample(path, mel=clip.gen_mel, frame_rate=C.FRAME_RATE, face=face,
-                    channel_names=names, head=clip.gen_head,
-                    gt={"mel": clip.gt_mel, "face": gt_face, "head": clip.gt_head},
-                    title=clip.name)
-
-
 # ---- The run -------------------------------------------------------------------------------------
 
 def _recognizer(args, log):
@@ -201,6 +142,55 @@ def _recognizer(args, log):
     log(f"WER: {reason}")
     return None, reason
   return speech_recognition.Recognizer(), ""
+
+
+def _entries_to_score(avatar, args) -> tuple[list, list, Optional[int]]:
+  """(shards, entries of the split's clips to score, frames scored of each or None: whole).
+
+  Unless --oracle, a clip too long to sample is refused before any clip is sampled.
+  """
+  loaded = avatar.loaded
+  shards, entries = clips.split_entries(loaded.data_dir, loaded.manifest, args.split)
+  if args.max_clips:
+    entries = entries[:args.max_clips]
+  max_frames = int(args.max_seconds * C.FRAME_RATE) if args.max_seconds else None
+  if not args.oracle:
+    for e in entries:
+      if "frames" in e:
+        avatar.check_length(min(int(e["frames"]), max_frames or int(e["frames"])),
+                            what=f"clip {e['name']!r}",
+                            hint=f"score its first S seconds with --max-seconds S <= "
+                                 f"{avatar.max_seconds:g}")
+  return shards, entries, max_frames
+
+
+def _generate(avatar, rec: dict, i: int, args,
+              vocode_gt: bool) -> tuple[av_metrics.ClipStreams, float, float]:
+  """Clip i's generated streams (the ground truth's with --oracle) beside its ground truth.
+
+  Returns:
+    (the clip's streams, seconds sampling, seconds vocoding); with `vocode_gt` the ground
+    truth's mel is vocoded too (the WER floor: a perfect mel through this vocoder).
+  """
+  t0 = time.perf_counter()
+  if args.oracle:
+    gen = {"mel": rec["mel"], "face": rec["face"], "head": rec["head"]}
+  else:
+    out = avatar.sample_motion(rec["tokens"], seed=args.seed + i, num_steps=args.steps,
+                               participant=rec["participant"], temperature=args.temperature)
+    gen = {k: out[k][0] for k in ("mel", "face", "head")}
+  t1 = time.perf_counter()
+  gen_audio = avatar.vocode(gen["mel"])
+  vocoded_gt = None
+  if vocode_gt:
+    vocoded_gt = gen_audio if args.oracle else avatar.vocode(rec["mel"])
+  t2 = time.perf_counter()
+  clip = av_metrics.ClipStreams(
+      name=rec["name"], gt_mel=rec["mel"], gt_face=rec["face"], gt_head=rec["head"],
+      face_mask=rec["face_mask"], gt_audio=rec["audio"], gen_mel=gen["mel"],
+      gen_face=gen["face"], gen_head=gen["head"], gen_audio=gen_audio,
+      utterances=rec["utterances"], vocoded_gt_audio=vocoded_gt)
+  return clip, t1 - t0, t2 - t1
 
 
 def evaluate(args, log=print) -> dict[str, Any]:
@@ -216,23 +206,12 @@ def evaluate(args, log=print) -> dict[str, Any]:
   from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top  (imports JAX)
 
   avatar = avatar_lib.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
-                           which=args.which, data_dir=args.data_dir)
+                                  which=args.which, data_dir=args.data_dir)
   loaded = avatar.loaded
   timings["load"] = time.perf_counter() - start
   log(f"loaded {loaded.workdir} (step {loaded.step}, {args.which} weights) in "
       f"{timings['load']:.1f} s")
-  shards, entries = clips.split_entries(loaded.data_dir, loaded.manifest, args.split)
-  if args.max_clips:
-    entries = entries[:args.max_clips]
-  max_frames = int(args.max_seconds * C.FRAME_RATE) if args.max_seconds else None
-  if not args.oracle:  # A clip too long to sample is refused before any clip is sampled.
-    for e in entries:
-      if "frames" in e:
-        avatar.check_length(min(int(e["frames"]), max_frames or int(e["frames"])),
-                            what=f"clip {e['name']!r}",
-                            hint=f"score its first S seconds with --max-seconds S <= "
-                                 f"{avatar.max_seconds:g}")
-
+  shards, entries, max_frames = _entries_to_score(avatar, args)
   output = args.output or os.path.join(
       loaded.workdir, "eval", f"{args.split}-step{loaded.step}"
       + ("-oracle" if args.oracle else ""), "report.json")
@@ -247,83 +226,32 @@ def evaluate(args, log=print) -> dict[str, Any]:
              desc=f"evaluate {args.split}", file=sys.stderr, dynamic_ncols=True)
   for i, (_, record) in enumerate(bar):
     rec = crop_record(record, max_frames, loaded.uses_participant)
-    t0 = time.perf_counter()
-    if args.oracle:
-      gen = {"mel": rec["mel"], "face": rec["face"], "head": rec["head"]}
-    else:
-      out = avatar.sample_motion(rec["tokens"], seed=args.seed + i, num_steps=args.steps,
-                                 participant=rec["participant"],
-                                 temperature=args.temperature)
-      gen = {k: out[k][0] for k in ("mel", "face", "head")}
-    t1 = time.perf_counter()
-    gen_audio = avatar.vocode(gen["mel"])
-    vocoded_gt = None
-    if recognizer is not None and reference_wer:  # The floor: a perfect mel, this vocoder.
-      vocoded_gt = gen_audio if args.oracle else avatar.vocode(rec["mel"])
+    clip, sample_s, vocoder_s = _generate(
+        avatar, rec, i, args, vocode_gt=recognizer is not None and reference_wer)
     t2 = time.perf_counter()
-    clip = av_metrics.ClipStreams(
-        name=rec["name"], gt_mel=rec["mel"], gt_face=rec["face"], gt_head=rec["head"],
-        face_mask=rec["face_mask"], gt_audio=rec["audio"], gen_mel=gen["mel"],
-        gen_face=gen["face"], gen_head=gen["head"], gen_audio=gen_audio,
-        utterances=rec["utterances"], vocoded_gt_audio=vocoded_gt)
     row = acc.add(clip)
     t3 = time.perf_counter()
     if not args.no_plots:
       row["plot"] = common.plot_name(stem, clip.name)
-      _plot_clip(os.path.join(out_dir, row["plot"]), clip, rig)
+      av_report.plot_clip(os.path.join(out_dir, row["plot"]), clip, rig)
     t4 = time.perf_counter()
-    for k, dt in (("sample", t1 - t0), ("vocoder", t2 - t1), ("metrics", t3 - t2),
-                  ("plot", t4 - t3)):
+    for k, dt in (("sample", sample_s), ("vocoder", vocoder_s),
+                  ("metrics", t3 - t2), ("plot", t4 - t3)):
       timings[k] += dt
     bar.set_postfix(MCD=common.fmt(row.get("MCD")), WER=common.fmt(row.get("WER")),
                     jitter=common.fmt(row.get("Jitter_face")))
   bar.close()
 
   t0 = time.perf_counter()
-  values, unavailable, reference = acc.summary()
+  summary = acc.summary()
   timings["metrics"] += time.perf_counter() - t0
   timings["total"] = time.perf_counter() - start
-  cfg = loaded.config
-  report = {
-      "format_version": REPORT_VERSION,
-      "workdir": loaded.workdir,
-      "checkpoint_step": loaded.step,
-      "data_dir": loaded.data_dir,
-      "split": args.split,
-      "num_clips": len(acc.per_clip),
-      "seconds_evaluated": float(sum(r["seconds"] for r in acc.per_clip)),
-      "metrics": values,
-      "unavailable": unavailable,
-      "reference": reference,
-      "config": {
-          "oracle": bool(args.oracle), "which": args.which, "num_steps": args.steps,
-          "temperature": args.temperature,
-          "recogniser": (f"pocketsphinx en-us (maxhmmpf {speech_recognition.MAX_HMM_PER_FRAME})"
-                         if recognizer is not None else None),
-          "seed": args.seed, "max_seconds": args.max_seconds, "max_clips": args.max_clips,
-          "vocoder": avatar.vocoder.name, "face_decoder": loaded.manifest.get("face_decoder"),
-          "head_kind": loaded.manifest.get("head_kind"), "dims": loaded.dims,
-          "participant": loaded.uses_participant, "train_num_steps": cfg.get("num_steps"),
-          "model": {k: cfg.model.get(k) for k in ("variant", "d_model", "num_layers", "num_heads",
-                                                  "hidden_dim", "dtype") if k in cfg.model},
-      },
-      "parameters": {
-          "beat_sigma_s": metrics.BEAT_SIGMA_S,
-          "velocity_smooth_s": metrics.VELOCITY_SMOOTH_S,
-          "mcd_n_cepstra": metrics.MCD_N_CEPSTRA,
-          "lip_closure_threshold": face_rig_lib.LIP_CLOSURE_THRESHOLD,
-          "smile_threshold": face_rig_lib.SMILE_THRESHOLD,
-          "jitter_fps": C.VIDEO_FPS, "wer_pad_s": speech_recognition.PAD_S,
-          "frame_rate": C.FRAME_RATE, "sample_rate": C.SAMPLE_RATE,
-      },
-      "clips": acc.per_clip,
-      "timings_s": timings,
-  }
-  files.write_atomic(os.path.join(out_dir, stem + ".md"), render_markdown(report))
+  report = av_report.build_report(args, avatar, acc.per_clip, summary, recognizer, timings)
+  files.write_atomic(os.path.join(out_dir, stem + ".md"), av_report.render_markdown(report))
   # The JSON last: its presence means the evaluation finished.
   files.write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
   report["output"] = output
-  log("  ".join(f"{k} {common.fmt(values[k])}" for k in METRIC_KEYS))
+  log("  ".join(f"{k} {common.fmt(report['metrics'][k])}" for k in METRIC_KEYS))
   log(f"wrote {output} (+ .md{', plots' if not args.no_plots else ''}) in "
       f"{timings['total']:.1f} s")
   return report

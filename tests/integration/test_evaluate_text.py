@@ -11,6 +11,8 @@ import pytest
 
 from avflow_jax.core import constants as C
 from avflow_jax.data import manifest as manifest_lib
+from avflow_jax.evaluation import text_alignment
+from avflow_jax.evaluation import text_clips
 from avflow_jax.evaluation import text_scoring
 from avflow_jax.training import random_init
 
@@ -34,7 +36,7 @@ def test_dtw_align_recovers_a_change_of_durations():
   pred_d = rng.integers(3, 12, size=len(labels))  # the text model's own durations.
   gt = _segment_tokens(labels, gt_d, rng)
   pred = _segment_tokens(labels, pred_d, rng)
-  pred_of_gt, gt_of_pred = text_scoring.dtw_align(pred, gt)
+  pred_of_gt, gt_of_pred = text_alignment.dtw_align(pred, gt)
   assert pred_of_gt.shape == (gt.shape[0],) and gt_of_pred.shape == (pred.shape[0],)
   assert np.all(np.diff(pred_of_gt) >= 0) and np.all(np.diff(gt_of_pred) >= 0)
   seg_gt = np.repeat(np.arange(len(labels)), gt_d)
@@ -46,7 +48,7 @@ def test_dtw_align_recovers_a_change_of_durations():
 
 def test_dtw_align_rejects_wrong_widths():
   with pytest.raises(ValueError, match=r"pred_tokens must be \(T, 29\)"):
-    text_scoring.dtw_align(np.zeros((5, 80)), np.zeros((5, C.TOKEN_DIM)))
+    text_alignment.dtw_align(np.zeros((5, 80)), np.zeros((5, C.TOKEN_DIM)))
 
 
 def test_text_driven_clip_keeps_pauses_and_maps_both_ways():
@@ -57,7 +59,8 @@ def test_text_driven_clip_keeps_pauses_and_maps_both_ways():
   utts = [("first", 10, 20), ("second", 35, 50)]
   preds = {"first": _segment_tokens([5], [14], rng), "second": _segment_tokens([9], [6], rng)}
   silence = np.full((C.TOKEN_DIM,), -1.0, np.float32)
-  out = text_scoring.text_driven_clip({"tokens": gt}, utts, lambda text, k: preds[text], silence)
+  out = text_alignment.text_driven_clip({"tokens": gt}, utts, lambda text, k: preds[text],
+                                        silence)
   tokens, gen_of_gt, gt_of_gen = out["tokens"], out["gen_of_gt"], out["gt_of_gen"]
   # Pauses keep their length (10 + 15 + 10 frames); sentences take the predicted length.
   assert tokens.shape == (10 + 14 + 15 + 6 + 10, C.TOKEN_DIM)
@@ -79,15 +82,16 @@ def test_text_driven_clip_without_a_pause_token():
   gt = _segment_tokens([4, 0, 6], [5, 4, 5], rng)
   pred = _segment_tokens([4, 0, 6], [7, 3, 6], rng)
   # One sentence spanning the whole clip needs no pause frame at all.
-  out = text_scoring.text_driven_clip({"tokens": gt}, [("all", 0, 14)], lambda t, k: pred, None)
+  out = text_alignment.text_driven_clip({"tokens": gt}, [("all", 0, 14)], lambda t, k: pred,
+                                        None)
   assert out["tokens"].shape == pred.shape and out["gen_of_gt"].shape == (14,)
   with pytest.raises(ValueError, match=r"frames \[0, 2\) lie outside every utterance"):
-    text_scoring.text_driven_clip({"tokens": gt}, [("late", 2, 14)], lambda t, k: pred, None)
+    text_alignment.text_driven_clip({"tokens": gt}, [("late", 2, 14)], lambda t, k: pred, None)
 
 
 def test_unspeakable_utterances_are_set_aside():
-  keep, drop = text_scoring.speakable([("Hello there.", 0, 10), ("♪", 12, 20),
-                                        ("No.", 25, 30)])
+  keep, drop = text_clips.speakable([("Hello there.", 0, 10), ("♪", 12, 20),
+                                      ("No.", 25, 30)])
   assert [u[0] for u in keep] == ["Hello there.", "No."] and drop == [("♪", 12, 20)]
 
 
@@ -109,12 +113,12 @@ def test_training_split_summary_respects_the_holdout(demo_shards):
   keys = lambda split: {utterances.text_key(u["text"]) for u in
                         utterances.build_utterance_index(demo_shards, split, add_blank=False)}
   config = ml_collections.ConfigDict({"data": {"holdout_split": ""}})
-  silence, seen = text_scoring.training_split_summary(loaded, config, "train")
+  silence, seen = text_clips.training_split_summary(loaded, config, "train")
   assert silence.shape == (C.TOKEN_DIM,) and np.isfinite(silence).all()
   assert int(np.argmax(silence)) == 0  # pauses are blank-dominated ASR frames.
   assert seen == keys("train") and seen & keys("val")
   config.data.holdout_split = "val"
-  _, seen_held = text_scoring.training_split_summary(loaded, config, "train")
+  _, seen_held = text_clips.training_split_summary(loaded, config, "train")
   assert seen_held == keys("train") - keys("val") and not seen_held & keys("val")
 
 
