@@ -78,6 +78,8 @@ def make_parser() -> argparse.ArgumentParser:
                       "tokens when no other input is given)")
   p.add_argument("--name", help="output base name (default: from the input)")
   p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
+  p.add_argument("--checkpoint", type=int, metavar="STEP",
+                 help="sample this checkpoint step instead of the latest")
   p.add_argument("--data-dir", help="shard directory, if it moved since training")
   p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
   return p
@@ -189,7 +191,7 @@ def _load_avatar(args, timings: dict, log):
   t0 = time.perf_counter()
   avatar = avatar_lib.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
                                   which=args.which, data_dir=args.data_dir,
-                                  max_seconds=args.max_seconds)
+                                  max_seconds=args.max_seconds, step=args.checkpoint)
   avatar.vocoder  # pylint: disable=pointless-statement
   timings["load"] = time.perf_counter() - t0
   log(f"loaded {avatar.loaded.workdir} (step {avatar.loaded.step}, {args.which} weights) in "

@@ -88,15 +88,27 @@ def latest_checkpoint_dir(workdir: str) -> tuple[int, str]:
   return step, os.path.join(root, str(step))
 
 
+def checkpoint_dir(workdir: str, step: int, what: Optional[str] = None) -> tuple[int, str]:
+  """(step, path) of the committed checkpoint `step`; AvatarError listing the steps there are."""
+  steps = checkpoint_steps(workdir)
+  if int(step) not in steps:
+    there = ", ".join(map(str, steps)) if steps else "none"
+    raise AvatarError(f"{what or 'workdir ' + workdir}: no checkpoint at step {step} "
+                      f"(committed steps: {there})")
+  return int(step), os.path.join(checkpoint_root(workdir), str(int(step)))
+
+
 def load_params(workdir: str, which: str = "ema", sharding=None,
-                what: Optional[str] = None) -> tuple[int, Any]:
-  """Loads one parameter tree of the latest checkpoint of a workdir, for sampling.
+                what: Optional[str] = None, step: Optional[int] = None) -> tuple[int, Any]:
+  """Loads one parameter tree of the latest checkpoint of a workdir (or of `step`), for sampling.
 
   Args:
     workdir: the training workdir (checkpoints in WORKDIR/checkpoints).
     which: "ema" or "params".
     sharding: where to put the arrays (default: the first local device, replicated).
     what: how the message of an error names the workdir (default: "workdir WORKDIR").
+    step: a checkpoint step to load instead of the latest (a learning curve); a damaged one is
+      an error, not skipped for another.
 
   Returns:
     (step, params tree of jax arrays).
@@ -105,12 +117,16 @@ def load_params(workdir: str, which: str = "ema", sharding=None,
     AvatarError: no checkpoint, no such tree, or an unreadable checkpoint.
   """
   what = what or f"workdir {workdir}"
-  try:
-    step, path = latest_checkpoint_dir(workdir)
-  except AvatarError as e:
-    raise AvatarError(f"{what}: {e}") from e
-  good, skipped = checksums.newest_verified_step(checkpoint_root(workdir),
-                                                     checkpoint_steps(workdir))
+  if step is not None:
+    step, path = checkpoint_dir(workdir, step, what)
+    candidates = [step]
+  else:
+    try:
+      step, path = latest_checkpoint_dir(workdir)
+    except AvatarError as e:
+      raise AvatarError(f"{what}: {e}") from e
+    candidates = checkpoint_steps(workdir)
+  good, skipped = checksums.newest_verified_step(checkpoint_root(workdir), candidates)
   if skipped:
     if good is None:
       raise AvatarError(f"{what}: no intact checkpoint ({'; '.join(skipped)})")

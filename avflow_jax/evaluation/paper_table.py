@@ -160,7 +160,8 @@ def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_d
     return report
   ns = argparse.Namespace(
       workdir=workdir, split=args.split, output=output, steps=args.steps,
-      seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema", data_dir=None,
+      seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema", checkpoint=None,
+      data_dir=None,
       no_plots=True, verbose=args.verbose, max_seconds=args.max_seconds,
       vocoder_weights=args.vocoder_weights, oracle=False, temperature=1.0,
       no_wer=args.no_wer, no_reference_wer=not reference)

@@ -59,12 +59,29 @@ METRIC_KEYS = av_metrics.METRIC_KEYS
 REFERENCE_KEYS = av_metrics.REFERENCE_KEYS
 
 
+def default_report_name(args, step: int) -> str:
+  """The report folder's name: the split and step, then every sampler setting not at its
+  default, so reports of one checkpoint at several temperatures or seeds do not overwrite
+  each other."""
+  name = f"{args.split}-step{step}" + ("-oracle" if args.oracle else "")
+  if args.temperature != 1.0:
+    name += f"-T{args.temperature:g}"
+  if args.steps != 8:
+    name += f"-euler{args.steps}"
+  if args.seed != 0:
+    name += f"-seed{args.seed}"
+  return name
+
+
 def make_parser() -> argparse.ArgumentParser:
   p = cli.ArgumentParser(prog="python -m avflow_jax.evaluate",
                       description="Scores a trained AV-Flow avatar on held-out clips.")
   p.add_argument("--workdir", required=True, help="AV training workdir (config.json, checkpoints)")
-  common.add_scoring_arguments(p, "WORKDIR/eval/SPLIT-stepSTEP[-oracle]/report.json",
-                        plots="the per-clip PNGs")
+  common.add_scoring_arguments(
+      p, "WORKDIR/eval/SPLIT-stepSTEP[-oracle][-TTEMP][-eulerSTEPS][-seedSEED]/report.json, "
+      "a part only where it is not the default", plots="the per-clip PNGs")
+  p.add_argument("--checkpoint", type=int, metavar="STEP",
+                 help="score this checkpoint step instead of the latest (a learning curve)")
   p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
                  help="evaluate the first S seconds of each clip (0: whole clips)")
   p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
@@ -206,15 +223,15 @@ def evaluate(args, log=print) -> dict[str, Any]:
   from avflow_jax.inference import avatar as avatar_lib  # pylint: disable=g-import-not-at-top  (imports JAX)
 
   avatar = avatar_lib.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
-                                  which=args.which, data_dir=args.data_dir)
+                                  which=args.which, data_dir=args.data_dir,
+                                  step=getattr(args, "checkpoint", None))
   loaded = avatar.loaded
   timings["load"] = time.perf_counter() - start
   log(f"loaded {loaded.workdir} (step {loaded.step}, {args.which} weights) in "
       f"{timings['load']:.1f} s")
   shards, entries, max_frames = _entries_to_score(avatar, args)
-  output = args.output or os.path.join(
-      loaded.workdir, "eval", f"{args.split}-step{loaded.step}"
-      + ("-oracle" if args.oracle else ""), "report.json")
+  output = args.output or os.path.join(loaded.workdir, "eval",
+                                       default_report_name(args, loaded.step), "report.json")
   output, out_dir, stem = common.report_location(output)
 
   rig = loaded.face_rig

@@ -92,8 +92,9 @@ class Avatar:
   def load(cls, workdir: str, *, vocoder_weights: Optional[str] = None, which: str = "ema",
            buckets: Union[int, Sequence[int]] = buckets_lib.DEFAULT_BUCKET,
            data_dir: Optional[str] = None,
-           max_seconds: float = buckets_lib.DEFAULT_MAX_SECONDS) -> "Avatar":
-    """Loads the latest checkpoint of an AV training workdir.
+           max_seconds: float = buckets_lib.DEFAULT_MAX_SECONDS,
+           step: Optional[int] = None) -> "Avatar":
+    """Loads the latest checkpoint of an AV training workdir (or its checkpoint `step`).
 
     Args:
       workdir: the AV run's workdir.
@@ -102,13 +103,14 @@ class Avatar:
       buckets: length buckets (see `bucket_frames`).
       data_dir: shard directory overriding the one recorded in WORKDIR/config.json.
       max_seconds: the longest input one call accepts (inf: no limit).
+      step: the checkpoint step to load (default: the latest intact one).
     """
     if vocoder_weights is not None:
       if not os.path.isfile(vocoder_weights):
         raise AvatarError(f"{vocoder_weights}: vocoder weights file missing")
     buckets_lib.bucket_frames(1, buckets)  # Validates the ladder before anything heavy.
     max_seconds = buckets_lib.check_max_seconds(max_seconds)
-    loaded = loading.load_avatar(workdir, which=which, data_dir=data_dir)
+    loaded = loading.load_avatar(workdir, which=which, data_dir=data_dir, step=step)
     return cls(loaded, None, buckets, vocoder_weights, max_seconds)
 
   # ---- Properties ------------------------------------------------------------------------------

@@ -127,8 +127,8 @@ def _check_av_shapes(workdir: str, params, model, dims: av_config.AVDims, varian
 
 
 def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None,
-                device=None) -> LoadedAvatar:
-  """Loads the latest checkpoint of an AV training workdir for sampling.
+                device=None, step: Optional[int] = None) -> LoadedAvatar:
+  """Loads the latest checkpoint of an AV training workdir (or its checkpoint `step`) for sampling.
 
   Args:
     workdir: the AV run's workdir (holds config.json and checkpoints/).
@@ -136,6 +136,7 @@ def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None
     data_dir: shard directory to take the manifest from, overriding the recorded data.dir
       (use it when the data moved).
     device: where the params go (default: the first local device).
+    step: the checkpoint step to load (default: the latest intact one).
 
   Returns:
     A LoadedAvatar.
@@ -170,7 +171,7 @@ def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None
 
   av_dims = av_config.AVDims.from_data(dims, vae.latent_dim, config.data.get("participant", False))
   model = dit.make_av_model(config.model, av_dims)
-  step, av_params = run_dir.load_params(workdir, which)
+  step, av_params = run_dir.load_params(workdir, which, step=step)
   # Either layer layout samples (the ablation variants have only the per-layer one).
   av_params = layer_layout.to_layout(av_params, bool(config.model.get("scan_layers", False)))
   _check_av_shapes(workdir, av_params, model, av_dims, av_config.variant_of(config.model),

@@ -239,6 +239,16 @@ def test_accumulator_known_answers():
   assert set(why) == {"WER"} and "not requested" in why["WER"]
 
 
+def test_chosen_checkpoint_and_sampler_settings_name_the_default_report(run):
+  """A learning curve scores older checkpoints; several temperatures of one checkpoint must not
+  overwrite each other's report."""
+  argv = ("--workdir", run["workdir"], "--max-clips", 1, "--max-seconds", 0.5, "--no-plots")
+  assert _run_cli(*argv, "--checkpoint", 0, "--temperature", 0.5, "--seed", 3) == 0
+  report = _load(os.path.join(run["workdir"], "eval", "val-step0-T0.5-seed3", "report.json"))
+  assert report["checkpoint_step"] == 0 and report["num_clips"] == 1
+  assert report["config"]["temperature"] == 0.5
+
+
 def test_bad_input_exits_2_with_one_line(run, tmp_path, capsys):
   cases = [
       (("--workdir", tmp_path / "nope"), "no such directory"),
@@ -251,6 +261,8 @@ def test_bad_input_exits_2_with_one_line(run, tmp_path, capsys):
   empty.mkdir()
   shutil.copy(os.path.join(run["workdir"], "config.json"), empty / "config.json")
   cases.append((("--workdir", empty), "checkpoints"))
+  cases.append((("--workdir", run["workdir"], "--checkpoint", 7),
+                "no checkpoint at step 7 (committed steps: 0)"))
   for argv, needle in cases:
     capsys.readouterr()
     assert _run_cli(*argv, "--output", tmp_path / "r" / "report.json") == 2, argv

@@ -118,6 +118,18 @@ def test_sampling_loads_the_newest_intact_step(tmp_path):
     run_dir.load_params(str(workdir), which="ema")
 
 
+def test_sampling_loads_a_chosen_step_and_never_swaps_a_damaged_one(tmp_path):
+  workdir = tmp_path / "run"
+  _save_steps(str(workdir / "checkpoints"), [1, 2, 3])
+  step, params = run_dir.load_params(str(workdir), which="ema", step=2)
+  assert step == 2 and float(np.asarray(params["w"])[0, 0]) == 2.0
+  with pytest.raises(AvatarError, match=r"no checkpoint at step 5 \(committed steps: 1, 2, 3\)"):
+    run_dir.load_params(str(workdir), which="ema", step=5)
+  _flip_byte(_largest_file(str(workdir / "checkpoints" / "2")))
+  with pytest.raises(AvatarError, match="step 2: file .* checksum"):
+    run_dir.load_params(str(workdir), which="ema", step=2)  # Not step 1 in its place.
+
+
 def test_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path):
   d = str(tmp_path / "work")
   with locks.hold(d, "--workdir", log=print):
