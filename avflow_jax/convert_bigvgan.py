@@ -51,8 +51,9 @@ def convert(pt_path: str, out_path: str) -> dict[str, np.ndarray]:
     shutil.copyfile(src_cfg, dst_cfg)
     logging.info("copied %s to %s", src_cfg, dst_cfg)
   from avflow_jax.models import bigvgan  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import bigvgan_checkpoint  # pylint: disable=g-import-not-at-top
   try:
-    config, params = bigvgan.load_bigvgan(out_path)
+    config, params = bigvgan_checkpoint.load_bigvgan(out_path)
     logging.info("checked: %s loads as BigVGAN (%.2f M params, upsample %s)", out_path,
                  bigvgan.num_params(params) / 1e6, config.upsample_rates)
   except (KeyError, ValueError) as e:

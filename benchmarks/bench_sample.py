@@ -91,6 +91,7 @@ def time_text_to_tokens(seconds: float, t2t_config: str, t2t_workdir=None) -> di
   if t2t_workdir:
     t2t = api.load_text_to_tokens(t2t_workdir)
   else:
+    from avflow_jax.models import t2t_synthesis  # pylint: disable=g-import-not-at-top
     from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
     config = load_config(t2t_config)
     model = t2t_lib.make_model(config)
@@ -98,8 +99,8 @@ def time_text_to_tokens(seconds: float, t2t_config: str, t2t_workdir=None) -> di
                                 t2t_lib.init_params(model, jax.random.PRNGKey(0), 64, 64))
     # Random durations are meaningless: scale them (linear in length_scale) to fill --seconds.
     ids = api.text_ids(text, t2t)
-    n1 = int(t2t_lib.predict_lengths(t2t.params, model, jax.numpy.asarray(ids[None]),
-                                     jax.numpy.asarray([ids.size], np.int32))[0])
+    n1 = int(t2t_synthesis.predict_lengths(t2t.params, model, jax.numpy.asarray(ids[None]),
+                                           jax.numpy.asarray([ids.size], np.int32))[0])
     config.sample.length_scale = seconds * C.FRAME_RATE / n1
   t0 = time.perf_counter()
   ids = api.text_ids(text, t2t)

@@ -17,9 +17,10 @@ def random_bigvgan_state_dict(config, seed: int = 0, std: float = 0.1) -> dict:
   weight-norm gains stay in [0.3, 0.8] so activations neither vanish nor explode.
   """
   from avflow_jax.models import bigvgan as bv  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import bigvgan_checkpoint  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(seed)
   sd = {}
-  for k, shape in bv.state_dict_shapes(config).items():
+  for k, shape in bigvgan_checkpoint.state_dict_shapes(config).items():
     if k.endswith("filter"):
       sd[k] = bv.kaiser_sinc_filter().reshape(shape)
     elif k.endswith("weight_g"):

@@ -95,7 +95,7 @@ def tokens_from_ids(ids: np.ndarray, t2t: TextToTokensModel, seed: int = 0,
   texts of similar length share one compiled program. A run whose model has
   `official_padding` pads frames to a multiple of 4 instead (`synthesis_frames`).
   """
-  from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import t2t_synthesis as t2t_lib  # pylint: disable=g-import-not-at-top
   n_sym = -(-ids.size // 64) * 64
   ids_pad = np.zeros((1, n_sym), np.int32)
   ids_pad[0, :ids.size] = ids

@@ -18,6 +18,7 @@ import numpy as np
 
 from avflow_jax.core import constants
 from avflow_jax.models import bigvgan
+from avflow_jax.models import bigvgan_checkpoint
 
 _LOG_FLOOR = math.log(1e-5)  # log-mel of silence (BigVGAN's clamp)
 
@@ -56,7 +57,7 @@ class BigVGANVocoder(Vocoder):
   """The Flax BigVGAN port; inputs are padded to length buckets so jit recompiles rarely."""
 
   def __init__(self, weights_path: str, config: bigvgan.BigVGANConfig | None = None):
-    self.config, params = bigvgan.load_bigvgan(weights_path, config)
+    self.config, params = bigvgan_checkpoint.load_bigvgan(weights_path, config)
     self.name = "bigvgan"
     self.sample_rate = self.config.sampling_rate
     self.hop_length = self.config.hop_length

@@ -23,6 +23,7 @@ import soxr
 
 from avflow_jax.core import constants as C
 from avflow_jax.models import wav2vec2 as w2v
+from avflow_jax.models import wav2vec2_checkpoint
 
 ASR_SAMPLE_RATE = 16000
 # The official extraction used 100 s chunks; attention is quadratic in the chunk, so 100 s runs
@@ -50,7 +51,7 @@ def make_asr_model(config: w2v.Wav2Vec2Config, params) -> AsrModel:
 
 def load_asr(path: str) -> AsrModel:
   """Loads HF wav2vec2 CTC weights (`model.safetensors` or its directory); see load_wav2vec2."""
-  config, params = w2v.load_wav2vec2(path)
+  config, params = wav2vec2_checkpoint.load_wav2vec2(path)
   return make_asr_model(config, params)
 
 

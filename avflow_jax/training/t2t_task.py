@@ -1,6 +1,7 @@
 """The text-to-tokens task for the shared training loop (`config.task = "text_to_tokens"`)."""
 
 from avflow_jax.data import utterances
+from avflow_jax.models import t2t_loss
 from avflow_jax.models import text_to_tokens
 from avflow_jax.training import task as task_lib
 
@@ -22,7 +23,7 @@ def build_t2t_task(config, manifest: dict, data_dir: str) -> task_lib.Task:
 
   def loss_fn(params, batch, rng, train=True):
     # `model` holds token_mean / token_std: the loss works on the run's normalised tokens.
-    loss, metrics = text_to_tokens.loss_fn(params, batch, rng, model, train)
+    loss, metrics = t2t_loss.loss_fn(params, batch, rng, model, train)
     return loss, {"loss_" + k: v for k, v in metrics.items() if k != "loss"}
 
   def make_dataset(split, seed, rows=None):

@@ -123,21 +123,23 @@ def _tiny_wav2vec2(directory):
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
   from avflow_jax.models import wav2vec2 as w2v  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import wav2vec2_checkpoint  # pylint: disable=g-import-not-at-top
   hf = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
             conv_dim=[16, 16, 16], conv_kernel=[10, 8, 4], conv_stride=[5, 8, 8],
             num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4, conv_bias=False,
             vocab_size=32, feat_extract_norm="group", do_stable_layer_norm=False)
-  cfg = w2v.config_from_hf_dict(hf)
+  cfg = wav2vec2_checkpoint.config_from_hf_dict(hf)
   params = w2v.init_params(cfg, seed=0)
   state = {}
-  for name, (path, fn, shape) in w2v._expected_keys(cfg).items():  # pylint: disable=protected-access
+  expected = wav2vec2_checkpoint._expected_keys(cfg)  # pylint: disable=protected-access
+  for name, (path, fn, shape) in expected.items():
     leaf = params
     for p in path:
       leaf = leaf[p]
     leaf = np.asarray(leaf, np.float32)
-    if fn is w2v._linear:  # pylint: disable=protected-access
+    if fn is wav2vec2_checkpoint._linear:  # pylint: disable=protected-access
       leaf = leaf.T
-    elif fn is w2v._conv:  # pylint: disable=protected-access
+    elif fn is wav2vec2_checkpoint._conv:  # pylint: disable=protected-access
       leaf = leaf.transpose(2, 1, 0)
     state[name] = np.ascontiguousarray(leaf)
     assert state[name].shape == shape, name

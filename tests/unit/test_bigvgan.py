@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 from avflow_jax import convert_bigvgan
 from avflow_jax.core import torch_reader
 from avflow_jax.models import bigvgan as bv
+from avflow_jax.models import bigvgan_checkpoint as bv_ckpt
 from tests import fixtures
 
 # A small config of the same architecture type as the base model (AMPBlock1, snakebeta logscale).
@@ -84,7 +85,7 @@ def test_parity_with_reference(tmp_path, torch_one_thread):
   model.remove_weight_norm()  # what the reference does at inference
   with torch.no_grad():
     ref = model(torch.from_numpy(mel.transpose(0, 2, 1))).numpy()[:, 0]
-  config, params = bv.load_bigvgan(path)
+  config, params = bv_ckpt.load_bigvgan(path)
   assert config.upsample_rates == (4, 4) and config.upsample_initial_channel == 32
   out = np.asarray(jax.jit(bv.BigVGAN(config).apply)({"params": params}, jnp.asarray(mel)))
   assert out.shape == ref.shape == (2, 20 * 16)
@@ -99,10 +100,10 @@ def test_parametrization_spelling_and_fused_weights():
   """`parametrizations.weight.original0/1` and plain fused `weight` give the same params."""
   config = bv.BigVGANConfig.from_dict(SMALL)
   sd = _random_state_dict(config, seed=1)
-  ref = bv.params_from_state_dict(sd, config)
+  ref = bv_ckpt.params_from_state_dict(sd, config)
   renamed = {k.replace("weight_g", "parametrizations.weight.original0")
               .replace("weight_v", "parametrizations.weight.original1"): v for k, v in sd.items()}
-  alt = bv.params_from_state_dict(renamed, config)
+  alt = bv_ckpt.params_from_state_dict(renamed, config)
   fused = {}
   for k, v in sd.items():
     if k.endswith("weight_g"):
@@ -110,7 +111,7 @@ def test_parametrization_spelling_and_fused_weights():
       fused[k[:-len("_g")]] = v * vv / np.sqrt((vv ** 2).sum(axis=(1, 2), keepdims=True))
     elif not k.endswith("weight_v"):
       fused[k] = v
-  alt2 = bv.params_from_state_dict(fused, config)
+  alt2 = bv_ckpt.params_from_state_dict(fused, config)
   for a, b, c in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(alt),
                      jax.tree_util.tree_leaves(alt2)):
     np.testing.assert_allclose(a, b)
@@ -152,13 +153,13 @@ def _base_keys_from_spec():
 def test_base_checkpoint_keys_shapes_and_params(tmp_path):
   keys = _base_keys_from_spec()
   assert len(keys) == 526
-  assert bv.state_dict_shapes() == keys
+  assert bv_ckpt.state_dict_shapes() == keys
   n = sum(int(np.prod(s)) for s in keys.values())
   assert abs(n / 1e6 - 13.95) < 0.01  # 13.955 M incl. the 12-tap filter buffers
   sd = _random_state_dict(bv.BigVGANConfig())
   path = str(tmp_path / "base.npz")
   np.savez(path, **sd)
-  config, params = bv.load_bigvgan(path)  # no config.json: base defaults
+  config, params = bv_ckpt.load_bigvgan(path)  # no config.json: base defaults
   assert config == bv.BigVGANConfig()
   # Fused weights: the state dict minus the weight_g magnitudes and the filter buffers.
   fused = sum(int(np.prod(s)) for k, s in keys.items() if not k.endswith(("weight_g", "filter")))
@@ -190,23 +191,23 @@ def test_loader_errors_name_the_key(tmp_path):
   bad = dict(sd)
   del bad["resblocks.4.convs2.1.weight_v"]
   with pytest.raises(KeyError, match="resblocks.4.convs2.1.weight_v"):
-    bv.params_from_state_dict(bad, config)
+    bv_ckpt.params_from_state_dict(bad, config)
   bad = dict(sd, **{"conv_post.bias": np.zeros((2,), np.float32)})
   with pytest.raises(ValueError, match="conv_post.bias"):
-    bv.params_from_state_dict(bad, config)
+    bv_ckpt.params_from_state_dict(bad, config)
   bad = dict(sd, **{"activation_post.upsample.filter": np.ones((1, 1, 12), np.float32)})
   with pytest.raises(ValueError, match="activation_post.upsample.filter"):
-    bv.params_from_state_dict(bad, config)
+    bv_ckpt.params_from_state_dict(bad, config)
   bad = dict(sd, **{"resblocks.99.convs1.0.bias": np.zeros((3,), np.float32)})
   with pytest.raises(ValueError, match="resblocks.99.convs1.0.bias"):
-    bv.params_from_state_dict(bad, config)
+    bv_ckpt.params_from_state_dict(bad, config)
   # Base-config weights loaded with a mismatched config.json: the shape error names the file.
   path = str(tmp_path / "w.safetensors")
   save_file(sd, path)
   with pytest.raises(ValueError, match="w.safetensors.*conv_pre"):
-    bv.load_bigvgan(path)  # no config.json -> base config, but these are SMALL weights
+    bv_ckpt.load_bigvgan(path)  # no config.json -> base config, but these are SMALL weights
   with pytest.raises(FileNotFoundError):
-    bv.load_bigvgan(str(tmp_path / "missing.safetensors"))
+    bv_ckpt.load_bigvgan(str(tmp_path / "missing.safetensors"))
 
 
 def test_convert_torch_checkpoint(tmp_path, torch_one_thread):
@@ -222,7 +223,7 @@ def test_convert_torch_checkpoint(tmp_path, torch_one_thread):
   for k, v in sd.items():
     np.testing.assert_array_equal(arrays[k], v.numpy())
   assert (tmp_path / "conv" / "config.json").exists()  # copied next to the output
-  config, params = bv.load_bigvgan(str(out))
+  config, params = bv_ckpt.load_bigvgan(str(out))
   assert config.upsample_initial_channel == 32
   # Non-contiguous, offset views and half / bfloat16 storages rebuild exactly.
   base = torch.randn(6, 5)

@@ -317,7 +317,7 @@ def test_commands_import_and_replay_the_official_sample(tmp_path, head_stats_dir
 
 def test_imported_text_to_tokens_run_loads_with_the_file_statistics(tmp_path, head_stats_dir):
   from avflow_jax.inference import text_tokens  # pylint: disable=g-import-not-at-top
-  from avflow_jax.models import text_to_tokens as t2t_lib  # pylint: disable=g-import-not-at-top
+  from avflow_jax.models import t2t_synthesis  # pylint: disable=g-import-not-at-top
   files = official_import.ReleaseFiles(
       av=_fixture("av_flow_small.pt"), head_vae=_fixture("head_vae_iter-0500000.pt"),
       text_to_tokens=_fixture("text_to_tokens_small.pth"), head_stats=head_stats_dir)
@@ -327,8 +327,8 @@ def test_imported_text_to_tokens_run_loads_with_the_file_statistics(tmp_path, he
   assert abs(t2t.token_mean - (-2.8461)) < 1e-4 and abs(t2t.token_std - 4.5255) < 1e-4
   io = np.load(_fixture("text_to_tokens_small_io.npz"))
   ids = np.asarray(io["ids"], np.int32)
-  n = t2t_lib.predict_lengths(t2t.params, t2t.model, ids, np.asarray(io["ids_len"], np.int32),
-                              1.0)
+  n = t2t_synthesis.predict_lengths(t2t.params, t2t.model, ids,
+                                    np.asarray(io["ids_len"], np.int32), 1.0)
   assert int(n[0]) == int(io["y_length"])
   out = text_tokens.tokens_from_ids(ids[0], t2t, seed=0)
   assert out.shape == (int(io["y_length"]), 29) and np.isfinite(out).all()

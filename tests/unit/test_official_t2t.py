@@ -21,6 +21,8 @@ from avflow_jax.core import torch_writer
 from avflow_jax.inference import buckets
 from avflow_jax.inference import text_tokens
 from avflow_jax.models import official_t2t_keys as keys
+from avflow_jax.models import t2t_loss
+from avflow_jax.models import t2t_synthesis
 from avflow_jax.models import text_to_tokens as t2t
 from configs import text_to_tokens as t2t_config
 
@@ -99,7 +101,7 @@ def test_encoder_and_durations_match(official):
   lens = np.array([25, 23, *io["batch_ids_len"]])
   assert io["pad_ids"].shape == (1, 23) and tuple(io["batch_ids_len"]) == (25, 19)
   mu, logw, mask = _encode(model, params, ids, lens)
-  w_ceil, total = t2t.durations(logw, mask, 1.0)
+  w_ceil, total = t2t_synthesis.durations(logw, mask, 1.0)
   mu, logw, mask, w_ceil = map(np.asarray, (mu, logw, mask[..., 0], w_ceil))
   ref = [(io["mu_x"], io["logw"], io["x_mask"]), (io["pad_mu_x"], io["pad_logw"], io["pad_x_mask"]),
          (io["batch_mu_x"][:1], io["batch_logw"][:1], io["batch_x_mask"][:1]),
@@ -135,7 +137,7 @@ def test_synthesis_replays_official_tokens_from_its_noise(official):
   n = int(io["y_length"])
   assert int(io["y_max_length_padded"]) == n  # this utterance needs no padding.
   np.testing.assert_allclose(io["t_span"], np.linspace(0, 1, 11), atol=1e-7)
-  tokens, lengths = t2t.synthesize(
+  tokens, lengths = t2t_synthesis.synthesize(
       params, model, jnp.asarray(io["ids"], jnp.int32), jnp.asarray(io["ids_len"], jnp.int32),
       jax.random.PRNGKey(0), n_steps=int(io["n_timesteps"]), length_scale=1.0, max_frames=n,
       x0=jnp.asarray(_cl(io["z"])))  # z is already randn * temperature.
@@ -178,7 +180,7 @@ def test_official_padding_synthesis_replays_the_padded_utterance(official):
   # max_frames 68 as tokens_from_ids asks; 65 is rounded up to the same decoder grid (its 3
   # missing noise frames are padding, which never reaches the output).
   for max_frames in (n_pad, n):
-    tokens, lengths = t2t.synthesize(
+    tokens, lengths = t2t_synthesis.synthesize(
         params, on, jnp.asarray(io["pad_ids"], jnp.int32), jnp.asarray([io["pad_ids"].shape[1]]),
         jax.random.PRNGKey(0), n_steps=int(io["n_timesteps"]), length_scale=1.0,
         max_frames=max_frames, x0=jnp.asarray(z[:, :max_frames]))
@@ -299,7 +301,7 @@ def test_synthesis_and_loss_use_the_models_statistics(official):
   _, io, _, model, params, mean, std = official
   other = model.clone(token_mean=mean + 1.5, token_std=2.0 * std)
   n = int(io["y_length"])
-  tokens, _ = t2t.synthesize(
+  tokens, _ = t2t_synthesis.synthesize(
       params, other, jnp.asarray(io["ids"], jnp.int32), jnp.asarray(io["ids_len"], jnp.int32),
       jax.random.PRNGKey(0), max_frames=n, x0=jnp.asarray(_cl(io["z"])))
   expected = (io["tokens"] - mean) / std * other.token_std + other.token_mean
@@ -309,8 +311,8 @@ def test_synthesis_and_loss_use_the_models_statistics(official):
   batch = {"ids": io["ids"].astype(np.int32), "ids_len": io["ids_len"].astype(np.int32),
            "tokens": raw, "tokens_len": np.array([n], np.int32)}
   moved = dict(batch, tokens=(raw - mean) / std * other.token_std + other.token_mean)
-  both = jax.jit(lambda p, b1, b2, r: (t2t.loss_fn(p, b1, r, model, False)[1],
-                                        t2t.loss_fn(p, b2, r, other, False)[1]))
+  both = jax.jit(lambda p, b1, b2, r: (t2t_loss.loss_fn(p, b1, r, model, False)[1],
+                                        t2t_loss.loss_fn(p, b2, r, other, False)[1]))
   ref, got = both(params, batch, moved, jax.random.PRNGKey(1))  # one compile for both.
   for k in ref:
     np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, err_msg=k)

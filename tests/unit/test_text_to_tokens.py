@@ -14,6 +14,8 @@ import pytest
 from avflow_jax.core import constants
 from avflow_jax.core import records
 from avflow_jax.data import utterances
+from avflow_jax.models import t2t_loss
+from avflow_jax.models import t2t_synthesis
 from avflow_jax.models import text_to_tokens as t2t
 from configs import text_to_tokens as t2t_config
 
@@ -107,7 +109,7 @@ def test_tiny_model_overfits(tiny):
 
   @jax.jit
   def step(params, opt_state, rng):
-    grads, metrics = jax.grad(t2t.loss_fn, has_aux=True)(params, batch, rng, model, True)
+    grads, metrics = jax.grad(t2t_loss.loss_fn, has_aux=True)(params, batch, rng, model, True)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -132,8 +134,8 @@ def test_synthesize_shapes_and_determinism(tiny):
   model, params = tiny
   batch = _synthetic_batch()
   ids, ids_len = jnp.asarray(batch["ids"]), jnp.asarray(batch["ids_len"])
-  run = lambda seed: t2t.synthesize(params, model, ids, ids_len, jax.random.key(seed),
-                                    n_steps=4, max_frames=48)
+  run = lambda seed: t2t_synthesis.synthesize(params, model, ids, ids_len, jax.random.key(seed),
+                                              n_steps=4, max_frames=48)
   tokens, lengths = run(0)
   tokens_again, lengths_again = run(0)
   tokens_other, _ = run(1)
@@ -151,7 +153,7 @@ def test_synthesize_shapes_and_determinism(tiny):
     assert float(jnp.abs(tokens[b, lengths[b]:]).max(initial=0.0)) == 0.0
     assert float(jnp.abs(tokens[b, :lengths[b]]).min()) > 0.0
   # predict_lengths (used to size the output buffer) gives the same lengths, uncapped.
-  np.testing.assert_array_equal(t2t.predict_lengths(params, model, ids, ids_len),
+  np.testing.assert_array_equal(t2t_synthesis.predict_lengths(params, model, ids, ids_len),
                                 np.maximum(want.sum(1), 1).astype(np.int32))
 
 
@@ -160,7 +162,7 @@ def test_regulated_path_sums_to_length(length_scale):
   rng = np.random.default_rng(0)
   logw = jnp.asarray(rng.normal(size=(4, 12)), jnp.float32)
   x_mask = t2t.sequence_mask(jnp.array([12, 5, 1, 9]), 12)
-  path, lengths = t2t.regulate_lengths(logw * x_mask[..., 0], x_mask, length_scale, 40)
+  path, lengths = t2t_synthesis.regulate_lengths(logw * x_mask[..., 0], x_mask, length_scale, 40)
   path, lengths = np.asarray(path), np.asarray(lengths)
   np.testing.assert_array_equal(path.sum((1, 2)), lengths)
   assert (path.sum(1) <= 1).all()

@@ -30,8 +30,8 @@ from avflow_jax.core.errors import BadInput
 from avflow_jax.core.safe_files import UntrustedFileError
 from avflow_jax.data import manifest as manifest_lib
 from avflow_jax.models import asr
-from avflow_jax.models import bigvgan
-from avflow_jax.models import wav2vec2
+from avflow_jax.models import bigvgan_checkpoint
+from avflow_jax.models import wav2vec2_checkpoint
 
 MAX_TRACED = 64 * 2**20  # Python and numpy allocations while refusing one file.
 MAX_RSS_GROWTH = 200 * 2**20  # The process' peak resident memory, for native allocations.
@@ -329,7 +329,8 @@ def test_safetensors_readers_refuse_hostile_headers(tmp_path):
   with open(cases["short"], "wb") as f:
     f.write(b"\x01\x02")
   for name, path in cases.items():
-    for load in (bigvgan.load_bigvgan, wav2vec2.load_wav2vec2, asr.load_asr):
+    for load in (bigvgan_checkpoint.load_bigvgan, wav2vec2_checkpoint.load_wav2vec2,
+                 asr.load_asr):
       refused(lambda: load(path), UntrustedFileError, path)
   msg = refused(lambda: safe_files.load_safetensors(cases["claims_10gb_header"]),
                 UntrustedFileError, cases["claims_10gb_header"])
@@ -356,7 +357,7 @@ def test_npz_readers_refuse_objects_bombs_and_garbage(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   objects = tmp_path / "objects.npz"
   np.savez(objects, matrix=np.array([_Evil()], dtype=object))
-  msg = refused(lambda: bigvgan.load_bigvgan(str(objects)), UntrustedFileError, objects)
+  msg = refused(lambda: bigvgan_checkpoint.load_bigvgan(str(objects)), UntrustedFileError, objects)
   assert "Python objects" in msg
   refused(lambda: face_rig.FaceRig.load(objects), ValueError, objects)
   assert not (tmp_path / "pwned_marker").exists()
@@ -368,7 +369,8 @@ def test_npz_readers_refuse_objects_bombs_and_garbage(tmp_path, monkeypatch):
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, header)
     zeros_member(zf, "matrix.npy", len(buf.getvalue()) + 64 * 2**20, prefix=buf.getvalue())
-  assert "bomb" in refused(lambda: bigvgan.load_bigvgan(str(bomb)), UntrustedFileError, bomb)
+  assert "bomb" in refused(lambda: bigvgan_checkpoint.load_bigvgan(str(bomb)), UntrustedFileError,
+                           bomb)
   assert "limit" in refused(lambda: face_rig.FaceRig.load(bomb), ValueError, bomb)
 
   # A .npy header claiming far more than its member holds.
@@ -378,14 +380,14 @@ def test_npz_readers_refuse_objects_bombs_and_garbage(tmp_path, monkeypatch):
                                              "shape": (2**30,)})
   with zipfile.ZipFile(lying, "w") as zf:
     zf.writestr("matrix.npy", buf.getvalue() + bytes(64))
-  assert "'matrix'" in refused(lambda: bigvgan.load_bigvgan(str(lying)), UntrustedFileError,
-                               lying)
+  assert "'matrix'" in refused(lambda: bigvgan_checkpoint.load_bigvgan(str(lying)),
+                               UntrustedFileError, lying)
   refused(lambda: face_rig.FaceRig.load(lying), ValueError, lying)
 
   garbage = tmp_path / "garbage.npz"
   for data in (noise(3000), b"PK\x03\x04" + noise(3000), pickle.dumps(_Evil())):
     garbage.write_bytes(data)
-    refused(lambda: bigvgan.load_bigvgan(str(garbage)), UntrustedFileError, garbage)
+    refused(lambda: bigvgan_checkpoint.load_bigvgan(str(garbage)), UntrustedFileError, garbage)
     refused(lambda: face_rig.FaceRig.load(garbage), ValueError, garbage)
   assert not (tmp_path / "pwned_marker").exists()
 
@@ -454,6 +456,6 @@ def test_manifest_and_configs_refuse_oversized_and_malformed_json(tmp_path):
   # The weights loaders' config.json goes through the same reader.
   cfg = tmp_path / "config.json"
   cfg.write_bytes(b"[" * 200_000)
-  refused(lambda: bigvgan.BigVGANConfig.from_json(str(cfg)), ValueError, cfg)
+  refused(lambda: bigvgan_checkpoint.config_from_json(str(cfg)), ValueError, cfg)
   weights = safetensors_file(tmp_path / "model.safetensors", {})
-  refused(lambda: wav2vec2.load_wav2vec2(weights), ValueError, cfg)
+  refused(lambda: wav2vec2_checkpoint.load_wav2vec2(weights), ValueError, cfg)

@@ -12,6 +12,7 @@ from safetensors.numpy import save_file
 from avflow_jax.core import constants as C
 from avflow_jax.models import asr
 from avflow_jax.models import wav2vec2 as w2v
+from avflow_jax.models import wav2vec2_checkpoint as w2v_ckpt
 
 # Same architecture type as base 960h (group-norm conv0, post-LN, even pos-conv kernel), tiny.
 # query_block 64 < frames so the blocked attention path (lax.map + query padding) is exercised.
@@ -84,7 +85,7 @@ def test_parity_with_transformers_both_weight_norm_spellings(torch_one_thread, t
   assert ref.std() > 1.0  # non-trivial logits
 
   for d in (new_dir, old_dir):
-    cfg, params = w2v.load_wav2vec2(d)
+    cfg, params = w2v_ckpt.load_wav2vec2(d)
     assert cfg.hidden_size == 64 and cfg.conv_kernel == (10, 3, 2)
     cfg = w2v.Wav2Vec2Config(**{**cfg.__dict__, "query_block": 64})
     fwd = jax.jit(w2v.wav2vec2_logits, static_argnums=0)
@@ -102,9 +103,9 @@ def test_parity_with_transformers_both_weight_norm_spellings(torch_one_thread, t
 def _hf_state(cfg, params):
   """Inverse of the loader's mapping: Flax params -> HF-named numpy state (legacy weight norm)."""
   # pylint: disable=protected-access
-  inverse = {w2v._linear: lambda a: a.T, w2v._conv: lambda a: a.transpose(2, 1, 0)}
+  inverse = {w2v_ckpt._linear: lambda a: a.T, w2v_ckpt._conv: lambda a: a.transpose(2, 1, 0)}
   state = {}
-  for name, (path, fn, shape) in w2v._expected_keys(cfg).items():
+  for name, (path, fn, shape) in w2v_ckpt._expected_keys(cfg).items():
     leaf = params
     for p in path:
       leaf = leaf[p]
@@ -134,7 +135,7 @@ def tiny_params():
 
 def test_key_mapping_round_trip(tmp_path, tiny_params):
   path = _write(tmp_path, _hf_state(TINY, tiny_params), TINY_HF)
-  cfg, params = w2v.load_wav2vec2(os.path.dirname(path))
+  cfg, params = w2v_ckpt.load_wav2vec2(os.path.dirname(path))
   assert cfg.conv_dim == TINY.conv_dim and cfg.num_hidden_layers == 2
   flat_a = jax.tree_util.tree_leaves_with_path(params)
   flat_b = dict(jax.tree_util.tree_leaves_with_path(tiny_params))
@@ -152,7 +153,7 @@ def test_loader_errors_name_keys(tmp_path, tiny_params):
   bad["wav2vec2.encoder.layer_norm.weight"] = np.ones(65, np.float32)
   path = _write(tmp_path, bad, TINY_HF)
   with pytest.raises(ValueError) as e:
-    w2v.load_wav2vec2(path)
+    w2v_ckpt.load_wav2vec2(path)
   msg = str(e.value)
   assert path in msg and "lm_head.bias" in msg and "layers.9.extra" in msg
   assert "wav2vec2.encoder.layer_norm.weight: file (65,), expected (64,)" in msg
@@ -161,16 +162,16 @@ def test_loader_errors_name_keys(tmp_path, tiny_params):
   both[POS + G_NEW] = state[POS + "weight_g"]
   both[POS + V_NEW] = state[POS + "weight_v"]
   with pytest.raises(ValueError, match="both weight-norm spellings"):
-    w2v.load_wav2vec2(_write(tmp_path, both, TINY_HF))
+    w2v_ckpt.load_wav2vec2(_write(tmp_path, both, TINY_HF))
 
   # No config.json: base-960h defaults, so a tiny checkpoint reports shape mismatches.
   with pytest.raises(ValueError, match="shape mismatches"):
-    w2v.load_wav2vec2(_write(tmp_path, state, None, sub="noconfig"))
+    w2v_ckpt.load_wav2vec2(_write(tmp_path, state, None, sub="noconfig"))
 
   with pytest.raises(ValueError, match="do_stable_layer_norm"):
-    w2v.load_wav2vec2(_write(tmp_path, state, {**TINY_HF, "do_stable_layer_norm": True}))
+    w2v_ckpt.load_wav2vec2(_write(tmp_path, state, {**TINY_HF, "do_stable_layer_norm": True}))
   with pytest.raises(FileNotFoundError, match="nothere"):
-    w2v.load_wav2vec2(str(tmp_path / "nothere"))
+    w2v_ckpt.load_wav2vec2(str(tmp_path / "nothere"))
 
 
 def test_base_defaults_and_frame_count():
