@@ -183,7 +183,7 @@ def test_dyadic_run_is_conditioned_on_each_clips_participant(tmp_path, monkeypat
   for (tok, part, _), rec in zip(seen, want):
     np.testing.assert_array_equal(tok, rec["tokens"][:43])
     np.testing.assert_array_equal(part, rec["participant"][:43])
-  report = _load(os.path.join(workdir, "eval", "val-step0", "report.json"))
+  report = _load(os.path.join(workdir, "eval", "val-step0-seed7", "report.json"))
   _check_report(report, 2)
   assert report["config"]["participant"]
 
