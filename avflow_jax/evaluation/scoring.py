@@ -63,13 +63,12 @@ def default_report_name(args, step: int) -> str:
   """The report folder's name: the split and step, then every sampler setting not at its
   default, so reports of one checkpoint at several temperatures or seeds do not overwrite
   each other."""
+  defaults = make_parser()
   name = f"{args.split}-step{step}" + ("-oracle" if args.oracle else "")
-  if args.temperature != 1.0:
-    name += f"-T{args.temperature:g}"
-  if args.steps != 8:
-    name += f"-euler{args.steps}"
-  if args.seed != 0:
-    name += f"-seed{args.seed}"
+  for flag, tag in (("temperature", "T"), ("steps", "euler"), ("seed", "seed")):
+    value = getattr(args, flag)
+    if value != defaults.get_default(flag):
+      name += f"-{tag}{value:g}" if isinstance(value, float) else f"-{tag}{value}"
   return name
 
 
@@ -224,7 +223,7 @@ def evaluate(args, log=print) -> dict[str, Any]:
 
   avatar = avatar_lib.Avatar.load(args.workdir, vocoder_weights=args.vocoder_weights,
                                   which=args.which, data_dir=args.data_dir,
-                                  step=getattr(args, "checkpoint", None))
+                                  step=args.checkpoint)
   loaded = avatar.loaded
   timings["load"] = time.perf_counter() - start
   log(f"loaded {loaded.workdir} (step {loaded.step}, {args.which} weights) in "
