@@ -211,10 +211,11 @@ def _resolve_inputs(args, avatar, tokens, audio, participant, timings: dict, log
   gt = None
   if args.compare:
     record = clips.read_clip(avatar.loaded.data_dir, avatar.loaded.manifest, args.compare)
-    if tokens is None and audio is None and args.text is None:
+    from_clip = tokens is None and audio is None and args.text is None  # Its own tokens drive it.
+    if from_clip:
       check_length(args, len(record["tokens"]), f"--compare {args.compare}")
     gt = outputs.ground_truth(avatar, record)
-    if tokens is None and audio is None and args.text is None:
+    if from_clip:
       tokens = np.asarray(record["tokens"], np.float32)
       if participant is None and avatar.loaded.uses_participant:
         participant = np.asarray(record["participant"], np.float32)
