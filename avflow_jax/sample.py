@@ -55,7 +55,9 @@ def make_parser() -> argparse.ArgumentParser:
                  help="Euler steps of the ODE solver (default 8; 16 with --official)")
   p.add_argument("--seed", type=int, default=0, help="noise seed")
   p.add_argument("--num-samples", type=int, default=1, help="samples of the same input")
-  p.add_argument("--temperature", type=float, default=1.0, help="scale of the initial noise")
+  p.add_argument("--temperature", type=float,
+                 help="scale of the initial noise (default: the run's sample.temperature, "
+                      "1.0 in configs/base.py, 0.5 in the demo configs)")
   p.add_argument("--noise", help="initial noise .npy, (T, V + A) or (NUM_SAMPLES, T, V + A) in "
                  "the official layout [face | head latent | mel]: replays a run exactly")
   p.add_argument("--no-clip", action="store_true",
@@ -137,7 +139,8 @@ def check_arguments(args) -> None:
     raise InputError(f"--steps {args.steps}: must be >= 1")
   if args.num_samples < 1:
     raise InputError(f"--num-samples {args.num_samples}: must be >= 1")
-  if not np.isfinite(args.temperature) or args.temperature < 0:
+  if args.temperature is not None and (not np.isfinite(args.temperature)
+                                       or args.temperature < 0):
     raise InputError(f"--temperature {args.temperature}: must be a finite number >= 0")
   buckets.check_max_seconds(args.max_seconds, "--max-seconds")
   if args.name is not None and (not args.name or os.sep in args.name or args.name.startswith(".")):
@@ -307,6 +310,8 @@ def run(args, log=print) -> dict[str, Any]:
   staging = outputs.Staging(args.output, what="--output")
   try:
     avatar = _load_avatar(args, timings, log)
+    if args.temperature is None:
+      args.temperature = avatar.loaded.sample_temperature
     tokens, participant, gt = _resolve_inputs(args, avatar, tokens, audio, participant,
                                               timings, log)
     motion, waveforms = _sample(args, avatar, tokens, participant, timings, log)

@@ -94,6 +94,11 @@ def get_config(arg=None):
   c.loss.head_weight = 0.2  # L1 weight of the head-pose latent.
   c.loss.mel_weight = 3.0  # L1 weight of the mel spectrogram.
 
+  # ---- Sampling defaults (read by sample, evaluate, serve and the API from config.json) -----
+  c.sample = ml_collections.ConfigDict()
+  c.sample.temperature = 1.0  # Scale of the sampler's initial noise when none is asked for
+  # (1.0: the distribution trained on, as the official sampler).
+
   # ---- Optimisation ------------------------------------------------------------------------
   c.batch_size = 16  # Global batch (segments), split over all devices of all hosts.
   c.num_steps = 1_000_000  # Training steps.

@@ -63,6 +63,12 @@ def read_run_config(workdir: str, what: str = "workdir") -> ml_collections.Confi
     raise AvatarError(f"{path}: unreadable run config ({e})") from e
 
 
+def sample_temperature(config) -> float:
+  """The noise temperature a run samples at by default: `config.sample.temperature`, or 1.0
+  (the trained distribution) for a run saved before the field existed."""
+  return float(config.get("sample", {}).get("temperature", 1.0))
+
+
 def checkpoint_steps(workdir: str) -> list[int]:
   """Committed checkpoint steps of a workdir, ascending ([] if none)."""
   root = checkpoint_root(workdir)

@@ -153,7 +153,8 @@ def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_d
   """`evaluate` (`scoring.evaluate`) of one run and seed (reused when its report is there)."""
   step = run_dir.latest_step(workdir)
   output = _report_path(out_dir, name, seed)
-  protocol = {**_protocol(args, seed), "reference_wer": reference}
+  protocol = {**_protocol(args, seed), "reference_wer": reference,
+              "temperature": run_dir.sample_temperature(run_dir.read_run_config(workdir))}
   report = _reusable(output, step, protocol)
   if report is not None:
     log(f"{name} seed {seed}: reusing {output}")
@@ -163,7 +164,7 @@ def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_d
       seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema", checkpoint=None,
       data_dir=None,
       no_plots=True, verbose=args.verbose, max_seconds=args.max_seconds,
-      vocoder_weights=args.vocoder_weights, oracle=False, temperature=1.0,
+      vocoder_weights=args.vocoder_weights, oracle=False, temperature=None,
       no_wer=args.no_wer, no_reference_wer=not reference)
   log(f"{name} seed {seed}: scoring {workdir} (step {step})")
   report = evaluate(ns, log=lambda m: log(f"  {m}"))

@@ -59,15 +59,16 @@ METRIC_KEYS = av_metrics.METRIC_KEYS
 REFERENCE_KEYS = av_metrics.REFERENCE_KEYS
 
 
-def default_report_name(args, step: int) -> str:
+def default_report_name(args, step: int, run_temperature: float = 1.0) -> str:
   """The report folder's name: the split and step, then every sampler setting not at its
-  default, so reports of one checkpoint at several temperatures or seeds do not overwrite
-  each other."""
+  default (the temperature's is the run's `sample.temperature`), so reports of one checkpoint
+  at several temperatures or seeds do not overwrite each other."""
   defaults = make_parser()
+  defaults.set_defaults(temperature=run_temperature)
   name = f"{args.split}-step{step}" + ("-oracle" if args.oracle else "")
   for flag, tag in (("temperature", "T"), ("steps", "euler"), ("seed", "seed")):
     value = getattr(args, flag)
-    if value != defaults.get_default(flag):
+    if value is not None and value != defaults.get_default(flag):
       name += f"-{tag}{value:g}" if isinstance(value, float) else f"-{tag}{value}"
   return name
 
@@ -86,8 +87,9 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--vocoder-weights", help="BigVGAN safetensors (default: Griffin-Lim)")
   p.add_argument("--oracle", action="store_true",
                  help="score the ground-truth mel/codes/head instead of samples (upper bound)")
-  p.add_argument("--temperature", type=float, default=1.0,
-                 help="scale of the sampler's initial noise (1 = the trained distribution)")
+  p.add_argument("--temperature", type=float,
+                 help="scale of the sampler's initial noise (default: the run's "
+                      "sample.temperature; 1 = the trained distribution)")
   p.add_argument("--no-wer", action="store_true",
                  help="skip the speech recogniser (WER; its rows take most of the time)")
   p.add_argument("--no-reference-wer", action="store_true",
@@ -99,7 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
 def check_arguments(args) -> None:
   """Checks that need no model."""
   common.check_scoring_arguments(args)
-  if not math.isfinite(args.temperature) or args.temperature < 0:
+  if args.temperature is not None and (not math.isfinite(args.temperature)
+                                       or args.temperature < 0):
     raise InputError(f"--temperature {args.temperature}: must be a finite number >= 0")
   if not math.isfinite(args.max_seconds) or args.max_seconds < 0:
     raise InputError(f"--max-seconds {args.max_seconds}: must be a finite number >= 0")
@@ -229,8 +232,11 @@ def evaluate(args, log=print) -> dict[str, Any]:
   log(f"loaded {loaded.workdir} (step {loaded.step}, {args.which} weights) in "
       f"{timings['load']:.1f} s")
   shards, entries, max_frames = _entries_to_score(avatar, args)
-  output = args.output or os.path.join(loaded.workdir, "eval",
-                                       default_report_name(args, loaded.step), "report.json")
+  output = args.output or os.path.join(
+      loaded.workdir, "eval", default_report_name(args, loaded.step, loaded.sample_temperature),
+      "report.json")
+  if args.temperature is None:
+    args.temperature = loaded.sample_temperature
   output, out_dir, stem = common.report_location(output)
 
   rig = loaded.face_rig

@@ -213,7 +213,7 @@ class Avatar:
     buckets_lib.check_length(num_frames, self.max_seconds, what=what, hint=hint)
 
   def sample_motion(self, tokens, *, seed: int = 0, num_steps: int = 8, participant=None,
-                    temperature: float = 1.0, noise=None) -> dict[str, np.ndarray]:
+                    temperature: Optional[float] = None, noise=None) -> dict[str, np.ndarray]:
     """Runs the flow sampler only: {"mel", "face", "head"} batched (B, T, .) numpy arrays.
 
     Args:
@@ -221,7 +221,7 @@ class Avatar:
       seed: noise seed (the same seed and inputs give the same sample).
       num_steps: Euler steps.
       participant: (T, 87) or (B, T, 87) raw participant features (dyadic avatars only).
-      temperature: scale of the initial noise.
+      temperature: scale of the initial noise (None: the run's `sample.temperature`).
       noise: optional initial noise, (T, V + A) or (B, T, V + A) in the official layout [face
         codes | head latent | mel] (normalised units), used as given instead of drawing it
         from `seed` (and `temperature`): replays a run of the official sampler.
@@ -245,7 +245,9 @@ class Avatar:
     out = _sample_padded(self.loaded.model, self.loaded.head_vae, self.loaded.params,
                          jnp.asarray(tok), jax.random.PRNGKey(seed), jnp.asarray(lengths),
                          None if part is None else jnp.asarray(part),
-                         jnp.float32(temperature), None if x0 is None else jnp.asarray(x0),
+                         jnp.float32(self.loaded.sample_temperature if temperature is None
+                                     else temperature),
+                         None if x0 is None else jnp.asarray(x0),
                          num_steps=int(num_steps))
     out = jax.device_get(out)
     bad = [k for k, v in out.items() if not np.isfinite(v[:, :t]).all()]
@@ -303,7 +305,7 @@ class Avatar:
     return vocoder_lib.mel_to_audio(self.vocoder, mel, clip=clip)
 
   def generate(self, tokens, *, seed: int = 0, num_steps: int = 8, participant=None,
-               temperature: float = 1.0, vocode: bool = True, noise=None,
+               temperature: Optional[float] = None, vocode: bool = True, noise=None,
                clip: bool = True) -> dict[str, Any]:
     """Generates voice and motion from ASR tokens.
 
@@ -312,7 +314,7 @@ class Avatar:
       seed: noise seed; batch element b gets its own noise from it.
       num_steps: Euler steps (8 in the paper).
       participant: raw participant features for dyadic avatars.
-      temperature: scale of the initial noise.
+      temperature: scale of the initial noise (None: the run's `sample.temperature`).
       vocode: also run the vocoder (else no "waveform").
       noise: optional initial noise (see `sample_motion`).
       clip: clip the mel and waveform for the vocoder (False: unclipped, as the official code).

@@ -60,6 +60,12 @@ class LoadedAvatar:
   def uses_participant(self) -> bool:
     return bool(self.config.data.get("participant", False))
 
+  @property
+  def sample_temperature(self) -> float:
+    """The noise temperature the run samples at by default (`config.sample.temperature`; 1.0,
+    the trained distribution, for runs saved before the field existed)."""
+    return run_dir.sample_temperature(self.config)
+
 
 def _resolve_data_dir(workdir: str, config, data_dir: Optional[str]) -> str:
   if data_dir:

@@ -195,9 +195,11 @@ class StreamingSampler:
     Args:
       avatar: a loaded `Avatar`.
       **kwargs: as the constructor takes them (seed, num_steps, chunk_frames, lag_frames,
-        temperature, head_context_frames).
+        temperature, head_context_frames); temperature defaults to the run's
+        `sample.temperature`.
     """
     loaded = avatar.loaded
+    kwargs.setdefault("temperature", loaded.sample_temperature)
     return cls(loaded.model, loaded.head_vae, loaded.params,
                uses_participant=loaded.uses_participant, **kwargs)
 

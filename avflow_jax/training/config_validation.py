@@ -47,6 +47,7 @@ _NUMBERS = (
     ("optim.warmup_steps", 0, None, True, True),
     ("optim.grad_clip", 0, None, False, True),
     ("optim.ema_decay", 0, 1, False, True),
+    ("sample.temperature", 0, None, False, True),
 )
 
 

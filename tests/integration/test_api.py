@@ -148,6 +148,30 @@ def test_seed_determinism_and_batches(avatar):
   assert not np.allclose(batch["mel"][0], batch["mel"][1])  # Each element has its own noise.
 
 
+def test_run_config_sets_the_default_temperature(workdir, avatar, tmp_path):
+  """A run samples at its config's sample.temperature unless a call asks for another; a run
+  saved before the field existed samples at 1.0, the trained distribution."""
+  tok = _tokens(60, seed=2)
+  half = tmp_path / "half"
+  shutil.copytree(workdir, half)
+  with open(half / "config.json") as f:
+    config = json.load(f)
+  assert config["sample"]["temperature"] == 1.0  # configs/base.py's, kept by configs/tiny.py.
+  config["sample"]["temperature"] = 0.5
+  with open(half / "config.json", "w") as f:
+    json.dump(config, f)
+  run = api.Avatar.load(str(half))
+  assert run.loaded.sample_temperature == 0.5
+  np.testing.assert_array_equal(run.sample_motion(tok, seed=4)["mel"],
+                                avatar.sample_motion(tok, seed=4, temperature=0.5)["mel"])
+  np.testing.assert_array_equal(run.sample_motion(tok, seed=4, temperature=1.0)["mel"],
+                                avatar.sample_motion(tok, seed=4)["mel"])
+  del config["sample"]
+  with open(half / "config.json", "w") as f:
+    json.dump(config, f)
+  assert api.Avatar.load(str(half)).loaded.sample_temperature == 1.0
+
+
 def test_bad_tokens(avatar):
   with pytest.raises(api.AvatarError, match=r"\(T, 29\)"):
     avatar.generate(np.zeros((10, 30), np.float32))

@@ -249,6 +249,21 @@ def test_chosen_checkpoint_and_sampler_settings_name_the_default_report(run):
   assert report["config"]["temperature"] == 0.5
 
 
+def test_the_runs_sample_temperature_is_the_default(run, tmp_path):
+  """A run whose config samples at 0.5 is scored at 0.5 without a flag, and its report folder
+  names only a temperature other than the run's."""
+  half = tmp_path / "half"
+  shutil.copytree(run["workdir"], half)
+  config = _load(half / "config.json")
+  config["sample"]["temperature"] = 0.5
+  (half / "config.json").write_text(json.dumps(config))
+  argv = ("--workdir", half, "--max-clips", 1, "--max-seconds", 0.5, "--no-plots", "--no-wer")
+  assert _run_cli(*argv) == 0
+  assert _load(half / "eval" / "val-step0" / "report.json")["config"]["temperature"] == 0.5
+  assert _run_cli(*argv, "--temperature", 1) == 0
+  assert _load(half / "eval" / "val-step0-T1" / "report.json")["config"]["temperature"] == 1.0
+
+
 def test_bad_input_exits_2_with_one_line(run, tmp_path, capsys):
   cases = [
       (("--workdir", tmp_path / "nope"), "no such directory"),

@@ -37,6 +37,7 @@ def test_tiny_config_is_valid():
     ("optim__ema_decay", 1.0, r"config.optim.ema_decay: 1.0 must be in \[0, 1\)"),
     ("optim__grad_clip", math.inf, "config.optim.grad_clip: inf must be a finite number"),
     ("eval_batches", 0, "config.eval_batches: 0 must be >= 1"),
+    ("sample__temperature", -0.5, "config.sample.temperature: -0.5 must be >= 0"),
     ("data__num_workers", -2, "config.data.num_workers: -2 must be >= 0"),
     ("model__token_lookahead", -1, "config.model.token_lookahead: -1 must be an integer >= 0"),
     ("model__token_lookahead", 48, "config.model.token_lookahead: 48 frames: must be shorter "
