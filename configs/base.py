@@ -93,6 +93,10 @@ def get_config(arg=None):
   c.loss.face_weight = 1.0  # L1 weight of the face codes.
   c.loss.head_weight = 0.2  # L1 weight of the head-pose latent.
   c.loss.mel_weight = 3.0  # L1 weight of the mel spectrogram.
+  c.loss.time_sampling = "uniform"  # Training t: "uniform" (official) or "logit_normal"
+  # (sigmoid of N(time_loc, time_scale^2): more steps mid-path); validation is always uniform.
+  c.loss.time_loc = 0.0  # Logit-normal location (> 0 leans towards the data end, t = 1).
+  c.loss.time_scale = 1.0  # Logit-normal scale.
 
   # ---- Sampling defaults (read by sample, evaluate, serve and the API from config.json) -----
   c.sample = ml_collections.ConfigDict()

@@ -8,6 +8,7 @@ import os
 
 import jax.numpy as jnp
 
+from avflow_jax.core import flow
 from avflow_jax.core import sharding
 from avflow_jax.models import attention
 from avflow_jax.models import av_config
@@ -48,6 +49,8 @@ _NUMBERS = (
     ("optim.grad_clip", 0, None, False, True),
     ("optim.ema_decay", 0, 1, False, True),
     ("sample.temperature", 0, None, False, True),
+    ("loss.time_loc", -math.inf, None, False, False),
+    ("loss.time_scale", 0, None, False, False),
 )
 
 
@@ -88,6 +91,9 @@ def validate(config, manifest: dict, num_devices: int, num_processes: int) -> No
   dims = manifest["dims"]
   if config.task == "av":
     _validate_av_model(config.model)
+    kind = config.loss.get("time_sampling", "uniform")
+    if kind not in flow.TIME_SAMPLINGS:
+      _fail("loss.time_sampling", f"{kind!r}: use one of {flow.TIME_SAMPLINGS}")
     if config.model.get("token_lookahead", 0) >= config.data.crop_frames:
       _fail("model.token_lookahead", f"{config.model.token_lookahead} frames: must be shorter "
             f"than a training crop (data.crop_frames={config.data.crop_frames})")

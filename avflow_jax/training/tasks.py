@@ -55,13 +55,14 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
   weights = {"face": config.loss.face_weight, "head": config.loss.head_weight,
              "mel": config.loss.mel_weight}
   sigma_min = config.loss.sigma_min
+  time_sampling = (config.loss.get("time_sampling", "uniform"),
+                   config.loss.get("time_loc", 0.0), config.loss.get("time_scale", 1.0))
   lookahead = av_config.token_lookahead(config.model)
 
   def init(rng):
     return dit.init_av_params(model, av_dims, rng, crop)
 
   def loss_fn(params, batch, rng, train=True):
-    del train
     valid = batch["valid"]
     # The head target is the frozen VAE's posterior mean, as in the official trainer.
     head_latent, _ = vae_model.apply({"params": vae_params}, batch["head"], valid > 0, False,
@@ -76,7 +77,9 @@ def build_av_task(config, manifest: dict, data_dir: str, vae_model, vae_params) 
       cond = jnp.concatenate([cond, batch["participant"]], -1)
     b = x1_a.shape[0]
     k_t, k_v, k_a = jax.random.split(rng, 3)
-    t = flow.sample_time(k_t, b)
+    # Validation always draws t uniformly: its loss then weighs the whole path alike, so runs
+    # trained with different t distributions are compared on one measure.
+    t = flow.sample_time(k_t, b, *time_sampling) if train else flow.sample_time(k_t, b)
     x0_v = jax.random.normal(k_v, x1_v.shape)
     x0_a = jax.random.normal(k_a, x1_a.shape)
     xt_v = flow.interpolate(x0_v, x1_v, t, sigma_min)

@@ -66,6 +66,27 @@ def test_one_step_same_loss_on_meshes_8x1_and_4x2(tiny_shards, fast_compile_here
   assert kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 2
 
 
+def test_time_sampling_changes_training_t_but_not_validation(tiny_shards):
+  """Runs trained with other t distributions are compared on one validation measure."""
+  uniform = tiny.get_config()
+  skewed = tiny.get_config()
+  skewed.loss.time_sampling, skewed.loss.time_loc = "logit_normal", 2.0
+  task_u, _ = _task(uniform, tiny_shards)
+  task_s, _ = _task(skewed, tiny_shards)
+  batch = jax.tree.map(jnp.asarray, _first_batch(task_u, uniform))
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x,
+                        task_u.init(jax.random.PRNGKey(0)),
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  rng = jax.random.PRNGKey(7)
+  val_u, _ = task_u.loss_fn(params, batch, rng, False)
+  val_s, _ = task_s.loss_fn(params, batch, rng, False)
+  train_u, _ = task_u.loss_fn(params, batch, rng, True)
+  train_s, _ = task_s.loss_fn(params, batch, rng, True)
+  assert float(val_u) == float(val_s)
+  assert float(train_u) == float(val_u)  # Uniform training draws validation's t.
+  assert abs(float(train_s) - float(train_u)) > 1e-4
+
+
 @pytest.mark.parametrize("variant", av_config.VARIANTS)
 def test_tiny_model_overfits_one_batch(tiny_shards, variant):
   config = tiny.get_config()

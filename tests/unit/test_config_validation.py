@@ -38,6 +38,8 @@ def test_tiny_config_is_valid():
     ("optim__grad_clip", math.inf, "config.optim.grad_clip: inf must be a finite number"),
     ("eval_batches", 0, "config.eval_batches: 0 must be >= 1"),
     ("sample__temperature", -0.5, "config.sample.temperature: -0.5 must be >= 0"),
+    ("loss__time_scale", 0.0, "config.loss.time_scale: 0.0 must be > 0"),
+    ("loss__time_sampling", "cosine", "config.loss.time_sampling: 'cosine': use one of"),
     ("data__num_workers", -2, "config.data.num_workers: -2 must be >= 0"),
     ("model__token_lookahead", -1, "config.model.token_lookahead: -1 must be an integer >= 0"),
     ("model__token_lookahead", 48, "config.model.token_lookahead: 48 frames: must be shorter "

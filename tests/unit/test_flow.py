@@ -48,3 +48,20 @@ def test_euler_follows_a_straight_path_exactly():
   # A time-dependent field: dx/dt = t integrates to 1/2; Euler with 8 steps gives 7/16.
   out = flow.euler_integrate(lambda x, t: jnp.ones_like(x) * t, jnp.zeros(1), 8)
   np.testing.assert_allclose(out, [7 / 16], atol=1e-6)
+
+
+def test_time_sampling_uniform_is_unchanged_and_logit_normal_has_its_law():
+  key = jax.random.PRNGKey(3)
+  # The default draw is the one every earlier run trained with (resumes stay exact).
+  np.testing.assert_array_equal(flow.sample_time(key, 64),
+                                jax.random.uniform(key, (64,), jnp.float32))
+  t = np.asarray(flow.sample_time(key, 200_000, "logit_normal", loc=0.5, scale=0.8))
+  assert t.min() > 0 and t.max() < 1
+  logit = np.log(t / (1 - t))
+  np.testing.assert_allclose([logit.mean(), logit.std()], [0.5, 0.8], atol=0.01)
+  try:
+    flow.sample_time(key, 4, "cosine")
+  except ValueError as e:
+    assert "'cosine'" in str(e) and "logit_normal" in str(e)
+  else:
+    raise AssertionError("an unknown time sampling must be an error")
