@@ -107,19 +107,17 @@ def score(args, name: str, workdir: str, seed: int) -> dict:
     return json.load(f)
 
 
-def _mean(values):
-  values = [v for v in values if v is not None]
-  return sum(values) / len(values) if values else None
-
-
 def _row(args, name, overrides, workdir, reports) -> dict:
+  from avflow_jax.evaluation import paper_table  # pylint: disable=g-import-not-at-top
   from avflow_jax.evaluation import run_facts  # pylint: disable=g-import-not-at-top
   facts = run_facts.run_summary(workdir)
+  stats = {k: paper_table.mean_std([r["metrics"].get(k) for r in reports]) for k in METRICS}
   return {"name": name, "overrides": list(overrides), "params": facts["params"],
           "train_minutes": None if facts["train_s"] is None else facts["train_s"] / 60,
           "val_loss": final_val_loss(workdir, args.steps),
           "temperature": reports[0]["config"]["temperature"], "seeds": args.seeds,
-          "metrics": {k: _mean([r["metrics"].get(k) for r in reports]) for k in METRICS}}
+          "metrics": {k: v["mean"] for k, v in stats.items()},
+          "metrics_std": {k: v["std"] for k, v in stats.items()}}
 
 
 def markdown(rows) -> str:
