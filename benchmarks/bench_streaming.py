@@ -79,6 +79,69 @@ def run_stream(avatar, tok, part, chunk: int, lag, seed: int, window_chunk: int 
   return np.concatenate(mels), times, first, stream
 
 
+def sampler_rows(avatar, tok, part, chunk, offline, args) -> list[dict]:
+  """One row per streaming mode: look-ahead, real-time factor, and the mel's distance from
+  offline sampling of the same inputs."""
+  rows = []
+  for mode in args.lags.split(","):
+    lag = None if mode.startswith("exact") else int(mode)
+    cache = mode != "exact-recompute"
+    run_stream(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0,
+         args.chunk_frames, cache)
+    mel, times, first, stream = run_stream(avatar, tok, part, chunk, lag, 0, args.chunk_frames, cache)
+    diff = np.abs(mel - offline)
+    row = {"mode": mode, "lag_frames": stream.lag, "exact": stream.exact,
+           "lookahead_frames": stream.lookahead_frames,
+           "lookahead_s": stream.lookahead_frames / C.FRAME_RATE,
+           "rtf": sum(times) / args.seconds, "chunk_ms": 1e3 * float(np.median(times[:-1])),
+           # An always-on stream never closes: its pace is one push's compute per push.
+           "steady_rtf": float(np.median(times[:-1])) / (chunk / C.FRAME_RATE),
+           "first_output_s": first, "max_abs_diff": float(diff.max()),
+           "mean_abs_diff": float(diff.mean())}
+    print(f"{mode}: look-ahead {row['lookahead_s']:.2f} s, rtf {row['rtf']:.3f} (steady "
+          f"{row['steady_rtf']:.3f}), chunk "
+          f"{row['chunk_ms']:.1f} ms, mel diff max {row['max_abs_diff']:.2g}", file=sys.stderr)
+    rows.append(row)
+  return rows
+
+
+def vocoder_rows(avatar, offline, chunk, args) -> dict:
+  """The streaming vocoder's settings against whole-clip vocoding of the offline mel."""
+  # The waveform on the stream: the exact mode's mel through the streaming vocoder, against
+  # whole-clip vocoding of the same mel (MCD between the two: 0 = the same speech).
+  from avflow_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from avflow_jax.inference import vocoder as vocoder_lib  # pylint: disable=g-import-not-at-top
+  from data_prep import mel as mel_lib  # pylint: disable=g-import-not-at-top
+  voc = avatar.vocoder
+  t0 = time.perf_counter()
+  whole = vocoder_lib.mel_to_audio(voc, offline)
+  whole_s = time.perf_counter() - t0
+  # How far a waveform's own log-mel is from the mel it was made from (the vocoder's fidelity).
+  n = len(offline) - 4  # The last frames' analysis window runs past the clip.
+  mel_l1 = lambda y: float(np.abs(mel_lib.clip_mel(y)[:n] - offline[:n]).mean())
+  result = {"vocoder_whole_clip_mel_l1": mel_l1(whole), "vocoder": []}
+  for setting in args.vocoder_chunks.split():
+    stream = vocoder_lib.StreamingVocoder(voc, **{
+        k: int(v) for k, v in zip(("chunk_frames", "context_frames", "crossfade_frames"),
+                                  setting.split(",")) if v != "-"})
+    t0 = time.perf_counter()
+    pieces = [stream.push(offline[i:i + chunk]) for i in range(0, len(offline), chunk)]
+    audio = np.concatenate(pieces + [stream.close()])
+    row = {"name": voc.name, "chunk_frames": stream.chunk, "context_frames": stream.context,
+           "crossfade_frames": stream.crossfade, "lookahead_frames": stream.lookahead_frames,
+           "lookahead_ms": 1e3 * stream.lookahead_frames / C.FRAME_RATE,
+           "rtf": (time.perf_counter() - t0) / args.seconds,
+           "whole_clip_rtf": whole_s / args.seconds,
+           "mcd_vs_whole_clip": metrics.mcd(whole, audio, C.SAMPLE_RATE),
+           "mel_l1": mel_l1(audio), "max_abs_diff": float(np.abs(whole - audio).max())}
+    result["vocoder"].append(row)
+    print(f"vocoder {voc.name} {setting}: look-ahead {row['lookahead_ms']:.0f} ms, rtf "
+          f"{row['rtf']:.3f}, MCD vs whole clip {row['mcd_vs_whole_clip']:.2f} dB, mel L1 "
+          f"{row['mel_l1']:.3f} (whole clip {result['vocoder_whole_clip_mel_l1']:.3f})",
+          file=sys.stderr)
+  return result
+
+
 def main():
   ap = argparse.ArgumentParser()
   src = ap.add_mutually_exclusive_group(required=True)
@@ -111,59 +174,9 @@ def main():
   result = {"device": jax.devices()[0].device_kind, "workdir": args.workdir,
             "config": args.config, "seconds": args.seconds, "push_frames": chunk,
             "chunk_frames": args.chunk_frames,
-            "windows": [list(w) for w in avatar.loaded.model.windows], "modes": []}
-  for mode in args.lags.split(","):
-    lag = None if mode.startswith("exact") else int(mode)
-    cache = mode != "exact-recompute"
-    run_stream(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0,
-         args.chunk_frames, cache)
-    mel, times, first, stream = run_stream(avatar, tok, part, chunk, lag, 0, args.chunk_frames, cache)
-    diff = np.abs(mel - offline)
-    row = {"mode": mode, "lag_frames": stream.lag, "exact": stream.exact,
-           "lookahead_frames": stream.lookahead_frames,
-           "lookahead_s": stream.lookahead_frames / C.FRAME_RATE,
-           "rtf": sum(times) / args.seconds, "chunk_ms": 1e3 * float(np.median(times[:-1])),
-           # An always-on stream never closes: its pace is one push's compute per push.
-           "steady_rtf": float(np.median(times[:-1])) / (chunk / C.FRAME_RATE),
-           "first_output_s": first, "max_abs_diff": float(diff.max()),
-           "mean_abs_diff": float(diff.mean())}
-    print(f"{mode}: look-ahead {row['lookahead_s']:.2f} s, rtf {row['rtf']:.3f} (steady "
-          f"{row['steady_rtf']:.3f}), chunk "
-          f"{row['chunk_ms']:.1f} ms, mel diff max {row['max_abs_diff']:.2g}", file=sys.stderr)
-    result["modes"].append(row)
-  # The waveform on the stream: the exact mode's mel through the streaming vocoder, against
-  # whole-clip vocoding of the same mel (MCD between the two: 0 = the same speech).
-  from avflow_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  from avflow_jax.inference import vocoder as vocoder_lib  # pylint: disable=g-import-not-at-top
-  from data_prep import mel as mel_lib  # pylint: disable=g-import-not-at-top
-  voc = avatar.vocoder
-  t0 = time.perf_counter()
-  whole = vocoder_lib.mel_to_audio(voc, offline)
-  whole_s = time.perf_counter() - t0
-  # How far a waveform's own log-mel is from the mel it was made from (the vocoder's fidelity).
-  n = len(offline) - 4  # The last frames' analysis window runs past the clip.
-  mel_l1 = lambda y: float(np.abs(mel_lib.clip_mel(y)[:n] - offline[:n]).mean())
-  result["vocoder_whole_clip_mel_l1"] = mel_l1(whole)
-  result["vocoder"] = []
-  for setting in args.vocoder_chunks.split():
-    stream = vocoder_lib.StreamingVocoder(voc, **{
-        k: int(v) for k, v in zip(("chunk_frames", "context_frames", "crossfade_frames"),
-                                  setting.split(",")) if v != "-"})
-    t0 = time.perf_counter()
-    pieces = [stream.push(offline[i:i + chunk]) for i in range(0, len(offline), chunk)]
-    audio = np.concatenate(pieces + [stream.close()])
-    row = {"name": voc.name, "chunk_frames": stream.chunk, "context_frames": stream.context,
-           "crossfade_frames": stream.crossfade, "lookahead_frames": stream.lookahead_frames,
-           "lookahead_ms": 1e3 * stream.lookahead_frames / C.FRAME_RATE,
-           "rtf": (time.perf_counter() - t0) / args.seconds,
-           "whole_clip_rtf": whole_s / args.seconds,
-           "mcd_vs_whole_clip": metrics.mcd(whole, audio, C.SAMPLE_RATE),
-           "mel_l1": mel_l1(audio), "max_abs_diff": float(np.abs(whole - audio).max())}
-    result["vocoder"].append(row)
-    print(f"vocoder {voc.name} {setting}: look-ahead {row['lookahead_ms']:.0f} ms, rtf "
-          f"{row['rtf']:.3f}, MCD vs whole clip {row['mcd_vs_whole_clip']:.2f} dB, mel L1 "
-          f"{row['mel_l1']:.3f} (whole clip {result['vocoder_whole_clip_mel_l1']:.3f})",
-          file=sys.stderr)
+            "windows": [list(w) for w in avatar.loaded.model.windows]}
+  result["modes"] = sampler_rows(avatar, tok, part, chunk, offline, args)
+  result.update(vocoder_rows(avatar, offline, chunk, args))
   print(json.dumps(result))
 
 
