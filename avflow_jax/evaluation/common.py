@@ -15,7 +15,8 @@ def add_scoring_arguments(p: argparse.ArgumentParser, default_output: str, plots
   p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
   p.add_argument("--max-clips", type=int, help="evaluate only the first N clips of the split")
   p.add_argument("--which", choices=("ema", "params"), default="ema", help="weights to use")
-  p.add_argument("--data-dir", help="shard directory, if it moved since training")
+  p.add_argument("--data-dir", help="shard directory, if it moved since training, or another "
+                 "corpus to score on (normalised with the run's own statistics)")
   p.add_argument("--no-plots", action="store_true", help=f"skip {plots}")
   p.add_argument("--verbose", action="store_true", help="show library logs on stderr")
 

@@ -34,8 +34,8 @@ class LoadedAvatar:
     step: training step of the loaded checkpoint.
     which: "ema" or "params".
     config: the run's ConfigDict (WORKDIR/config.json).
-    data_dir: the shard directory whose manifest was used.
-    manifest: that manifest.
+    data_dir: the shard directory whose clips (and face rig) are used.
+    manifest: its manifest, with the statistics the run was trained with (`_stats_source`).
     model: the AVFlowTransformer.
     head_vae: the HeadVAE module.
     params: {"av": ..., "head_vae": ..., "stats": {stream: (mean, std)}} on one device.
@@ -85,6 +85,24 @@ def _resolve_data_dir(workdir: str, config, data_dir: Optional[str]) -> str:
         "moved or been deleted; its manifest holds the normalisation stats). Fix: pass the "
         f"shard directory with --data-dir (data_dir=...), or edit data.dir in {run_dir.RUN_CONFIG}")
   return path
+
+
+def _stats_source(config, data_dir: str) -> Optional[str]:
+  """The shard directory whose statistics normalise this run's inputs and outputs.
+
+  The model only understands the normalisation it was trained with: `data.stats_from` if the
+  run set it, else the data dir it trained on while that still exists, so that scoring the run
+  on another corpus (`data_dir` pointing elsewhere) changes the clips and not the scaling. A
+  recorded data dir that is gone means the data moved: `data_dir`'s own statistics, None.
+  """
+  if config.data.get("stats_from"):
+    return config.data.stats_from
+  stored = config.data.get("dir")
+  if stored:
+    path = os.path.abspath(os.path.expanduser(stored))
+    if path != data_dir and os.path.exists(os.path.join(path, "manifest.json")):
+      return path
+  return None
 
 
 def _resolve_vae_dir(workdir: str, config) -> str:
@@ -139,8 +157,8 @@ def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None
   Args:
     workdir: the AV run's workdir (holds config.json and checkpoints/).
     which: "ema" (the averaged weights, for sampling) or "params" (the raw weights).
-    data_dir: shard directory to take the manifest from, overriding the recorded data.dir
-      (use it when the data moved).
+    data_dir: shard directory to take the clips from, overriding the recorded data.dir (the
+      data moved, or another corpus to score on); the normalisation stays the run's own.
     device: where the params go (default: the first local device).
     step: the checkpoint step to load (default: the latest intact one).
 
@@ -160,7 +178,7 @@ def load_avatar(workdir: str, which: str = "ema", data_dir: Optional[str] = None
   data_dir = _resolve_data_dir(workdir, config, data_dir)
   try:
     manifest = manifest_lib.with_stats_from(manifest_lib.load_manifest(data_dir), data_dir,
-                                            config.data.get("stats_from"))
+                                            _stats_source(config, data_dir))
   except (FileNotFoundError, ValueError) as e:
     raise AvatarError(str(e)) from e
   dims = manifest["dims"]
