@@ -2,7 +2,8 @@ r"""Trains one run per training lever on the same batches and scores each: what 
 
   python benchmarks/bench_levers.py --root runs/levers [--config configs/demo.py] \
       [--steps 3000] [--head-vae runs/demo/head_vae] [--seeds 0,1000] [--no-wer] \
-      [--set FIELD=VALUE ...] [--lever NAME:FIELD=VALUE,FIELD=VALUE ...] [--only NAME,NAME]
+      [--set FIELD=VALUE ...] [--lever NAME:FIELD=VALUE,FIELD=VALUE ...] [--only NAME,NAME] \
+      [--eval-data-dir SHARDS]
 
 Every lever is a name and `--config.FIELD=VALUE` overrides of `--config`; `base` (no override)
 is always run first, as the row the others are read against. Without `--lever` the default set
@@ -15,6 +16,10 @@ design), and share one head VAE (`--head-vae`, else base's own), except levers t
 Each run is `python -m avflow_jax.train` into ROOT/NAME (resumed if cut, skipped if complete),
 then `python -m avflow_jax.evaluate` on the whole val split at the run's own sampling
 temperature, once per seed (reports in ROOT/NAME/eval/levers-seedS, reused when complete).
+With `--eval-data-dir` every run is scored on that shard dir's val split instead (reports in
+levers-seedS-on-TAG), so levers that change the corpus (`data.demo_minutes`, with
+`data.stats_from` set to base's data dir so the normalisation is base's too) are read on clips
+no run trained on (their validation losses stay each run's own split's).
 Validation losses are `loop.evaluate_loss`' (fixed crops, t ~ U(0, 1) whatever the lever, raw
 params), so every row is measured on the same scale. Prints progress, a markdown table and, last,
 one JSON line with every row.
@@ -42,14 +47,18 @@ DEFAULT_LEVERS = (
     "ema_0.9999:optim.ema_decay=0.9999",
     "mel_weight_0.2:loss.mel_weight=0.2",
 )
-METRICS = ("F1_lips", "F1_smiles", "FDe", "Div_h", "MCD", "WER", "Jitter_face", "Jitter_head")
+# WER_gap (WER minus the vocoded recordings' WER on the same clips) is the speech figure that
+# compares across val splits: issue 17's goal is a gap <= 0.10.
+METRICS = ("F1_lips", "F1_smiles", "FDe", "Div_h", "MCD", "WER", "WER_gap", "Jitter_face",
+           "Jitter_head")
 
 
 def parse_lever(spec: str) -> tuple[str, tuple[str, ...]]:
   """"NAME:FIELD=VALUE,..." -> (NAME, ("FIELD=VALUE", ...)); ValueError naming the spec."""
   name, _, body = spec.partition(":")
   overrides = tuple(o.strip() for o in body.split(",") if o.strip())
-  if not name or "/" in name or name.startswith(".") or any("=" not in o for o in overrides):
+  if (not name or "/" in name or name.startswith(".") or not overrides
+      or any("=" not in o for o in overrides)):
     raise ValueError(f"--lever {spec!r}: expected NAME:FIELD=VALUE[,FIELD=VALUE...]")
   return name, overrides
 
@@ -93,8 +102,16 @@ def train(args, name: str, overrides, head_vae: str) -> str:
   return workdir
 
 
+def data_tag(data_dir: str) -> str:
+  """A report-folder tag for a shard dir: its name, or its parent's for `.../NAME/shards`."""
+  path = os.path.abspath(os.path.expanduser(data_dir))
+  base = os.path.basename(path)
+  return os.path.basename(os.path.dirname(path)) if base == "shards" else base
+
+
 def score(args, name: str, workdir: str, seed: int) -> dict:
-  out = os.path.join(workdir, "eval", f"levers-seed{seed}", "report.json")
+  tag = f"-on-{data_tag(args.eval_data_dir)}" if args.eval_data_dir else ""
+  out = os.path.join(workdir, "eval", f"levers-seed{seed}{tag}", "report.json")
   if os.path.isfile(out):
     with open(out) as f:
       report = json.load(f)
@@ -102,16 +119,27 @@ def score(args, name: str, workdir: str, seed: int) -> dict:
       return report
   cmd = [sys.executable, "-m", "avflow_jax.evaluate", "--workdir", workdir, "--max-seconds", "0",
          "--no-plots", "--seed", str(seed), "--output", out] + (["--no-wer"] if args.no_wer else [])
+  if args.eval_data_dir:
+    cmd += ["--data-dir", args.eval_data_dir]
   _run(cmd, os.path.join(args.root, f"{name}.eval.log"))
   with open(out) as f:
     return json.load(f)
+
+
+def _metric(report: dict, key: str):
+  """A report's metric; WER_gap is its WER minus the vocoded recordings' on the same clips."""
+  m = report["metrics"]
+  if key != "WER_gap":
+    return m.get(key)
+  ref = report.get("reference", {}).get("vocoded_ground_truth", {}).get("WER")
+  return None if m.get("WER") is None or ref is None else m["WER"] - ref
 
 
 def _row(args, name, overrides, workdir, reports) -> dict:
   from avflow_jax.evaluation import paper_table  # pylint: disable=g-import-not-at-top
   from avflow_jax.evaluation import run_facts  # pylint: disable=g-import-not-at-top
   facts = run_facts.run_summary(workdir)
-  stats = {k: paper_table.mean_std([r["metrics"].get(k) for r in reports]) for k in METRICS}
+  stats = {k: paper_table.mean_std([_metric(r, k) for r in reports]) for k in METRICS}
   return {"name": name, "overrides": list(overrides), "params": facts["params"],
           "train_minutes": None if facts["train_s"] is None else facts["train_s"] / 60,
           "val_loss": final_val_loss(workdir, args.steps),
@@ -145,6 +173,9 @@ def main(argv=None) -> None:
                  help="a config override of every run (repeatable)")
   p.add_argument("--lever", action="append", help="NAME:FIELD=VALUE,... (repeatable)")
   p.add_argument("--only", help="run only these lever names (comma-separated; base always)")
+  p.add_argument("--eval-data-dir", help="score every run on this shard dir's val split "
+                 "instead of its own (each keeps its own normalisation): one split for levers "
+                 "that change the corpus")
   args = p.parse_args(argv)
   args.seeds = [int(s) for s in args.seeds.split(",")]
   args.root = os.path.abspath(args.root)
