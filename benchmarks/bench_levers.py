@@ -115,7 +115,10 @@ def score(args, name: str, workdir: str, seed: int) -> dict:
   if os.path.isfile(out):
     with open(out) as f:
       report = json.load(f)
-    if report.get("checkpoint_step") == args.steps:
+    # A report of another corpus under the same tag is not reused.
+    same_data = not args.eval_data_dir or report.get("data_dir") == os.path.abspath(
+        os.path.expanduser(args.eval_data_dir))
+    if report.get("checkpoint_step") == args.steps and same_data:
       return report
   cmd = [sys.executable, "-m", "avflow_jax.evaluate", "--workdir", workdir, "--max-seconds", "0",
          "--no-plots", "--seed", str(seed), "--output", out] + (["--no-wer"] if args.no_wer else [])

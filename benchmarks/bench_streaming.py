@@ -87,7 +87,7 @@ def sampler_rows(avatar, tok, part, chunk, offline, args) -> list[dict]:
     lag = None if mode.startswith("exact") else int(mode)
     cache = mode != "exact-recompute"
     run_stream(avatar, tok[:4 * chunk], None if part is None else part[:4 * chunk], chunk, lag, 0,
-         args.chunk_frames, cache)
+               args.chunk_frames, cache)  # Warm-up: compiles before the timed stream.
     mel, times, first, stream = run_stream(avatar, tok, part, chunk, lag, 0, args.chunk_frames, cache)
     diff = np.abs(mel - offline)
     row = {"mode": mode, "lag_frames": stream.lag, "exact": stream.exact,

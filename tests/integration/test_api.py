@@ -232,12 +232,12 @@ def test_load_errors(workdir, tmp_path):
     api.Avatar.load(workdir, vocoder_weights=str(tmp_path / "nope.safetensors"))
 
 
-def test_another_corpus_keeps_the_runs_normalisation(workdir, tmp_path):
+def test_another_corpus_keeps_the_runs_normalisation(workdir, avatar, tmp_path):
   # Scoring a run on another corpus (--data-dir) reads that corpus's clips but keeps the
   # statistics the model was trained with: its own data dir's while that still exists.
   other = synthetic.write_synthetic_shards(str(tmp_path / "other"), n_train=2, n_val=2,
                                            frames=60, seed=7)
-  own = loading.load_avatar(workdir).manifest["stats"]
+  own = avatar.loaded.manifest["stats"]
   with open(os.path.join(other, "manifest.json")) as f:
     assert json.load(f)["stats"]["mel"] != own["mel"]  # The check below can fail.
   loaded = loading.load_avatar(workdir, data_dir=other)
