@@ -23,7 +23,6 @@ out, compiled). With random weights the predicted durations are meaningless, so 
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -31,8 +30,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py
 
 _T0 = time.perf_counter()
+from common import load_config  # pylint: disable=g-import-not-at-top  (benchmarks/)
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -50,13 +51,6 @@ PASSAGE = ("The little harbour town woke slowly that morning. Fishing boats rock
            "pulled the first loaves from the oven and set them by the window, where the smell "
            "of warm bread drifted out into the quiet street and reached the sleepy sailors.")
 PASSAGE_SECONDS = 20.0
-
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("bench_cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 def write_stats_manifest(data_dir: str, head_dim: int = 7) -> str:

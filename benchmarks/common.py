@@ -35,10 +35,13 @@ PEAK_TFLOPS = {
 
 
 def load_config(path):
+  """`get_config()` of a config file; `FILE.py:ARG` passes ARG, as `--config FILE.py:ARG` does."""
+  path, _, arg = path.partition(".py:")
+  path = path if path.endswith(".py") else path + ".py"
   spec = importlib.util.spec_from_file_location("cfg", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config()
+  return mod.get_config(arg) if arg else mod.get_config()
 
 
 def _times(fn, repeats) -> list:
@@ -81,11 +84,11 @@ def matmul_peak(dtype: str, n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / s / 1e12
 
 
-def peak_tflops(dtype: str) -> tuple[float, str]:
-  """The device's peak per device: the datasheet's, else a matmul measured now."""
+def peak_tflops(dtype: str, n: int = 2048) -> tuple[float, str]:
+  """The device's peak per device: the datasheet's, else an n x n matmul measured now."""
   peak, source = device_peak(dtype)
   if peak is None:
-    return matmul_peak(dtype), f"measured {dtype} 2048^3 matmul"
+    return matmul_peak(dtype, n), f"measured {dtype} {n}^3 matmul"
   return peak, source
 
 

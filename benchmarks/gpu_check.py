@@ -34,10 +34,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FULL = dict(config="configs/base.py", dtype="bfloat16", frames=345, batches=(16, 256),
             sample_seconds=(20.0, 60.0), sample_batches=(1, 64), t2t_seconds=20.0,
+            t2t_config="configs/text_to_tokens.py", calibration_n=2048,
             workers=(0, 4, 8), corpus_mb=1024, input_seconds=6.0, repeats=10,
             stream_chunks=40)
 DRY = dict(config="configs/tiny.py", dtype="bfloat16", frames=48, batches=(8,),
            sample_seconds=(2.0,), sample_batches=(1, 2), t2t_seconds=2.0,
+           t2t_config="configs/text_to_tokens.py:tiny", calibration_n=512,
            workers=(0, 1), corpus_mb=16, input_seconds=1.0, repeats=2, stream_chunks=6)
 
 
@@ -51,7 +53,7 @@ def _process_peak_memory() -> int:
 def train_stage(plan, data_dir) -> list:
   """train.py's step per attention implementation and batch."""
   rows = []
-  peak, source = common.peak_tflops(plan["dtype"])  # Measured once on a CPU.
+  peak, source = common.peak_tflops(plan["dtype"], plan["calibration_n"])  # Measured on a CPU.
   for impl in ("blocked", "dense", "cudnn"):
     for batch in plan["batches"]:
       config = common.load_config(os.path.join(ROOT, plan["config"]))
@@ -106,7 +108,7 @@ def t2t_stage(plan, avatar) -> dict:
 
   from avflow_jax.core import constants  # pylint: disable=g-import-not-at-top
   t2t = bench_sample.time_text_to_tokens(plan["t2t_seconds"],
-                                         os.path.join(ROOT, "configs/text_to_tokens.py"))
+                                         os.path.join(ROOT, plan["t2t_config"]))
   frames = t2t["t2t_frames"]
   tokens = np.zeros((frames, constants.TOKEN_DIM), np.float32)
   avatar.sample_motion(tokens, seed=0)

@@ -27,6 +27,19 @@ from avflow_jax.core import files
 CORRUPT_SUFFIX = ".corrupt"
 
 
+def _plain_array_saves_on_cpu():
+  """On CPU devices, saves each array from one replica, not sliced across the replicas.
+
+  Orbax's replica-parallel save slices every replicated array into one piece per replica, one
+  compiled program per shape: on CPU devices, which share the host's memory, that buys nothing
+  and costs a compilation per parameter shape at the first save (150 for the text-to-tokens
+  model on 8 devices, about 20 s). Orbax already turns it off on GPUs; TPUs keep its default.
+  """
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 def make_manager(directory: str, *, keep: int, async_save: bool = True,
                  save_interval: Optional[int] = None) -> ocp.CheckpointManager:
   """Creates a manager keeping the latest `keep` checkpoints.
@@ -42,6 +55,7 @@ def make_manager(directory: str, *, keep: int, async_save: bool = True,
     # Orbax's LatestN(0) would delete every checkpoint, a resumed run's included.
     raise ValueError(f"config.keep_checkpoints={keep}: must be an integer >= 1")
   directory = os.path.abspath(os.path.expanduser(directory))
+  _plain_array_saves_on_cpu()
   policies = [ocp.checkpoint_managers.PreemptionCheckpointingPolicy()]
   if save_interval:
     policies.append(ocp.checkpoint_managers.FixedIntervalPolicy(save_interval))
