@@ -12,6 +12,7 @@ older step is tried. A step without a seal (written by an older version, or kill
 the commit and the seal) is restored unverified, with a warning.
 """
 
+import functools
 import os
 from typing import Any, Optional
 
@@ -27,6 +28,7 @@ from avflow_jax.core import files
 CORRUPT_SUFFIX = ".corrupt"
 
 
+@functools.cache  # Once a process: orbax warns at every override.
 def _plain_array_saves_on_cpu():
   """On CPU devices, saves each array from one replica, not sliced across the replicas.
 
