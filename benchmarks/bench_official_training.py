@@ -38,7 +38,6 @@ mel, total) at the eval steps, then as its last line one JSON object with both c
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -53,6 +52,7 @@ import torch  # pylint: disable=wrong-import-position
 from avflow_jax.core import flow  # pylint: disable=wrong-import-position
 from avflow_jax.core import metric_writer  # pylint: disable=wrong-import-position
 from avflow_jax.core import sharding  # pylint: disable=wrong-import-position
+from avflow_jax.core.cli import load_config_file as load_config  # pylint: disable=wrong-import-position
 from avflow_jax.data import manifest as manifest_lib  # pylint: disable=wrong-import-position
 from avflow_jax.data import rows as rows_lib  # pylint: disable=wrong-import-position
 from avflow_jax.models import av_config
@@ -62,13 +62,6 @@ from avflow_jax.training import optim  # pylint: disable=wrong-import-position
 from avflow_jax.training import tasks  # pylint: disable=wrong-import-position
 
 KEYS = ("face", "head", "mel", "total")
-
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 def import_official(path):

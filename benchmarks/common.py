@@ -1,6 +1,5 @@
 """What the benchmarks share: configs, timing, train.py's compiled step, device peaks."""
 
-import importlib.util
 import os
 import sys
 import time
@@ -11,6 +10,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from avflow_jax.core import cli  # pylint: disable=wrong-import-position
 from avflow_jax.core import sharding  # pylint: disable=wrong-import-position
 from avflow_jax.data import manifest as manifest_lib  # pylint: disable=wrong-import-position
 from avflow_jax.data import rows as rows_lib  # pylint: disable=wrong-import-position
@@ -35,13 +35,8 @@ PEAK_TFLOPS = {
 
 
 def load_config(path):
-  """`get_config()` of a config file; `FILE.py:ARG` passes ARG, as `--config FILE.py:ARG` does."""
-  path, _, arg = path.partition(".py:")
-  path = path if path.endswith(".py") else path + ".py"
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg) if arg else mod.get_config()
+  """`get_config(ARG)` of a config file given as PATH or PATH:ARG (the package's own loader)."""
+  return cli.load_config_file(path)
 
 
 def _times(fn, repeats) -> list:

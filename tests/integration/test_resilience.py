@@ -23,6 +23,7 @@ from configs import head_vae as head_vae_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.slow
+STEPS = 10  # The reference run's length: every run here trains (or resumes) to it.
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +93,14 @@ def _final_params(workdir):
 @pytest.fixture(scope="module")
 def reference(setup):
   workdir = str(setup["base"] / "reference")
-  proc = _run(_cmd(setup, workdir, 10))
+  proc = _run(_cmd(setup, workdir, STEPS))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
 
 
 def _assert_same_run(workdir, reference, from_step):
   ref_losses, losses = _losses(reference), _losses(workdir)
-  for step in range(from_step + 1, 11):
+  for step in range(from_step + 1, STEPS + 1):
     assert losses[step] == ref_losses[step], step  # Bitwise on CPU.
   jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), _final_params(reference))
 
@@ -113,7 +114,7 @@ def _resumed_from(stderr):
 @pytest.mark.parametrize("kill_at", [7])
 def test_sigkill_then_restart_reproduces_the_uninterrupted_run(setup, reference, kill_at):
   workdir = str(setup["base"] / f"killed_{kill_at}")
-  proc = subprocess.Popen(_cmd(setup, workdir, 10), cwd=ROOT, env=_env(4),
+  proc = subprocess.Popen(_cmd(setup, workdir, STEPS), cwd=ROOT, env=_env(4),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   metrics = os.path.join(workdir, "metrics.jsonl")
   reached = _wait_for(lambda: os.path.exists(metrics) and
@@ -121,7 +122,7 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_run(setup, reference,
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert reached, "training did not reach the kill step"
-  proc = _run(_cmd(setup, workdir, 10))
+  proc = _run(_cmd(setup, workdir, STEPS))
   assert proc.returncode == 0, proc.stderr[-3000:]
   resumed = _resumed_from(proc.stderr)
   assert resumed in (3, 6)  # The newest committed checkpoint before the kill.
@@ -131,7 +132,7 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_run(setup, reference,
 def test_sigkill_during_a_save_never_leaves_a_usable_partial_checkpoint(setup, reference):
   workdir = str(setup["base"] / "killed_in_save")
   ckpt = os.path.join(workdir, "checkpoints")
-  proc = subprocess.Popen(_cmd(setup, workdir, 10), cwd=ROOT, env=_env(4),
+  proc = subprocess.Popen(_cmd(setup, workdir, STEPS), cwd=ROOT, env=_env(4),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   # Kill as soon as the step-6 checkpoint is being written (its temporary directory exists).
   in_save = lambda: os.path.isdir(ckpt) and any(
@@ -141,7 +142,7 @@ def test_sigkill_during_a_save_never_leaves_a_usable_partial_checkpoint(setup, r
   proc.wait()
   if caught:
     assert "6" not in os.listdir(ckpt)  # Uncommitted: not visible as a step.
-  proc = _run(_cmd(setup, workdir, 10))
+  proc = _run(_cmd(setup, workdir, STEPS))
   assert proc.returncode == 0, proc.stderr[-3000:]
   resumed = _resumed_from(proc.stderr)
   if caught:
@@ -152,7 +153,7 @@ def test_sigkill_during_a_save_never_leaves_a_usable_partial_checkpoint(setup, r
 def _stop_then_resume(setup, reference, name, signum):
   """Sends `signum` after step 4; returns the saved step and stderr, after resuming to the end."""
   workdir = str(setup["base"] / name)
-  proc = subprocess.Popen(_cmd(setup, workdir, 10), cwd=ROOT, env=_env(4),
+  proc = subprocess.Popen(_cmd(setup, workdir, STEPS), cwd=ROOT, env=_env(4),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   assert _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")) and
                    max(_losses(workdir), default=0) >= 4, proc)
@@ -160,7 +161,7 @@ def _stop_then_resume(setup, reference, name, signum):
   _, err = proc.communicate(timeout=120)
   saved = run_dir.latest_checkpoint_dir(workdir)[0]
   returncode = proc.returncode
-  proc = _run(_cmd(setup, workdir, 10))
+  proc = _run(_cmd(setup, workdir, STEPS))
   assert proc.returncode == 0, proc.stderr[-3000:]
   _assert_same_run(workdir, reference, saved)
   return returncode, saved, err
@@ -184,7 +185,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_trains_the_same_run(setup, ref
   import shutil  # pylint: disable=g-import-not-at-top
   workdir = str(setup["base"] / "corrupt")
   shutil.copytree(reference, workdir)
-  step_dir = os.path.join(workdir, "checkpoints", "10")
+  step_dir = os.path.join(workdir, "checkpoints", str(STEPS))
   victim = max((os.path.join(r, n) for r, _, ns in os.walk(step_dir) for n in ns
                 if n != "avflow_checksums.json"), key=os.path.getsize)
   with open(victim, "r+b") as f:
@@ -194,10 +195,10 @@ def test_corrupt_latest_checkpoint_falls_back_and_trains_the_same_run(setup, ref
     f.write(bytes([b[0] ^ 0xFF]))
   with open(os.path.join(workdir, "metrics.jsonl"), "w"):
     pass  # Only the resumed steps are compared.
-  proc = _run(_cmd(setup, workdir, 10))
+  proc = _run(_cmd(setup, workdir, STEPS))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "checkpoint step 10 is unusable" in proc.stderr and "checksum" in proc.stderr
-  assert _resumed_from(proc.stderr) == 9
+  assert f"checkpoint step {STEPS} is unusable" in proc.stderr and "checksum" in proc.stderr
+  assert _resumed_from(proc.stderr) == 9  # The ckpt_every=3 step before it.
   assert os.path.isdir(step_dir + ".corrupt")  # Kept, not deleted.
   _assert_same_run(workdir, reference, 9)
 
@@ -213,7 +214,7 @@ def test_two_processes_match_one_process(setup, reference):
   multi = str(setup["base"] / "multi")
   port = _free_port()
   procs = [subprocess.Popen(
-      _cmd(setup, multi, 10, ["--coordinator_address", f"127.0.0.1:{port}",
+      _cmd(setup, multi, STEPS, ["--coordinator_address", f"127.0.0.1:{port}",
                                "--num_processes", "2", "--process_id", str(i)]),
       cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
@@ -222,18 +223,19 @@ def test_two_processes_match_one_process(setup, reference):
     assert p.returncode == 0, err[-3000:]
   assert "process 1 of 2" in errs[1]
   a, b = _losses(reference), _losses(multi)
-  np.testing.assert_allclose([b[s] for s in range(1, 11)], [a[s] for s in range(1, 11)],
+  np.testing.assert_allclose([b[s] for s in range(1, STEPS + 1)],
+                             [a[s] for s in range(1, STEPS + 1)],
                              rtol=1e-5)
   # The checkpoint both processes wrote restores in this single process, with the same params.
   # Collectives sum in another order, and Adam turns ulp-level differences of near-zero
   # gradients into updates of up to 2 * lr a step; so: nearly every element equal to 1e-5,
   # none further off than those updates can take it.
-  lr, steps = 1e-3, 10  # configs/tiny.py's rate; the reference's steps.
+  lr = 1e-3  # configs/tiny.py
   diffs = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(np.asarray(x) - np.asarray(y)).ravel(),
                                        _final_params(multi), _final_params(reference)))
   diff = np.concatenate(diffs)
   assert (diff <= 1e-5).mean() >= 0.999, (diff > 1e-5).sum()
-  assert diff.max() <= 4 * steps * lr, diff.max()
+  assert diff.max() <= 4 * STEPS * lr, diff.max()
 
 
 def test_batch_not_divisible_is_a_clear_error_before_compiling(setup):
