@@ -19,7 +19,8 @@ training time and the time to sample one 20 s clip on this machine (the device i
 Output, each file written to a temporary name and renamed: OUTPUT/table.md (the table),
 OUTPUT/table.json (everything in it, plus the per-seed values) and OUTPUT/NAME/seedK/ (each
 evaluation's own report). An evaluation whose report is already there for the same checkpoint
-and protocol is reused, so an interrupted table goes on where it stopped.
+and protocol is reused (token- and text-driven alike), so an interrupted table goes on where it
+stopped. Both kinds share one pool of `--jobs` processes.
 """
 
 import argparse
@@ -174,49 +175,69 @@ def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_d
   return report
 
 
+def score_text_driven(evaluate_text, name: str, workdir: str, seed: int, args, out_dir: str,
+                      log) -> dict:
+  """`evaluate_text` (`text_scoring.evaluate_text`) of one run and seed: F1_lips with the
+  tokens predicted from text (reused when its report is there for both checkpoints)."""
+  step = run_dir.latest_step(workdir)
+  output = os.path.join(out_dir, name, f"seed{seed}", "text_report.json")
+  t2t_workdir = os.path.abspath(os.path.expanduser(args.t2t_workdir))
+  protocol = {**_protocol(args, seed), "t2t_workdir": t2t_workdir,
+              "t2t_step": run_dir.latest_step(t2t_workdir)}
+  report = _reusable(output, step, protocol)
+  if report is not None:
+    log(f"{name} seed {seed}: reusing {output}")
+    return report
+  ns = argparse.Namespace(
+      t2t_workdir=t2t_workdir, workdir=workdir, split=args.split, output=output,
+      steps=args.steps, seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema",
+      data_dir=None, no_plots=True, verbose=args.verbose)
+  log(f"{name} seed {seed}: scoring from text ({t2t_workdir})")
+  report = evaluate_text(ns, log=lambda m: log(f"  {m}"))
+  report["paper_table_protocol"] = protocol
+  report.pop("output", None)
+  files.write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
+  return report
+
+
 def _stderr_log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def _score_in_worker(evaluate, name, workdir, seed, args, out_dir, reference) -> dict:
-  """`score_token_driven` in a pool process, its library logs as quiet as the command's."""
+def _score_job(job, evaluate, evaluate_text, args, out_dir: str, log) -> dict:
+  """One evaluation: job = (kind "tokens" or "text", row name, workdir, seed, reference)."""
+  kind, name, workdir, seed, reference = job
+  if kind == "text":
+    return score_text_driven(evaluate_text, name, workdir, seed, args, out_dir, log)
+  return score_token_driven(evaluate, name, workdir, seed, args, out_dir, reference, log)
+
+
+def _score_in_worker(job, evaluate, evaluate_text, args, out_dir) -> dict:
+  """`_score_job` in a pool process, its library logs as quiet as the command's."""
   with metric_writer.quiet_cli_logs(args.verbose):
-    return score_token_driven(evaluate, name, workdir, seed, args, out_dir, reference,
-                              _stderr_log)
+    return _score_job(job, evaluate, evaluate_text, args, out_dir, _stderr_log)
 
 
-def score_all_token_driven(evaluate, runs, seeds, args, out_dir: str, log) -> dict:
-  """Every (run, seed) evaluation: {(name, seed): report}; the first also scores the reference
-  rows. Up to `--jobs` run at once, each in a fresh (spawned) process: recognition and the
-  vocoder are single-threaded, so two cores score two clips' worth at a time."""
-  jobs = [(name, workdir, seed) for name, workdir in runs for seed in seeds]
-  reports = {}
+def score_all(evaluate, evaluate_text, runs, seeds, args, out_dir: str, log) -> dict:
+  """Every evaluation of the table: {(kind, name, seed): report}, kind "tokens" for every
+  (run, seed) and "text" as well with --t2t-workdir; the first also scores the reference rows.
+  Up to `--jobs` run at once, each in a fresh (spawned) process: recognition, the vocoder and
+  text-to-tokens are single-threaded, so two cores score two clips' worth at a time."""
+  jobs = [("tokens", name, workdir, seed, i == 0 and seed == seeds[0])
+          for i, (name, workdir) in enumerate(runs) for seed in seeds]
+  if args.t2t_workdir:
+    jobs += [("text", name, workdir, seed, False) for name, workdir in runs for seed in seeds]
   if args.jobs <= 1:
-    for i, (name, workdir, seed) in enumerate(jobs):
-      reports[(name, seed)] = score_token_driven(evaluate, name, workdir, seed, args, out_dir,
-                                                 reference=i == 0, log=log)
-    return reports
+    return {job[:2] + job[3:4]: _score_job(job, evaluate, evaluate_text, args, out_dir, log)
+            for job in jobs}
+  reports = {}
   with futures.ProcessPoolExecutor(
       args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-    pending = {pool.submit(_score_in_worker, evaluate, name, workdir, seed, args, out_dir,
-                           i == 0): (name, seed)
-               for i, (name, workdir, seed) in enumerate(jobs)}
+    pending = {pool.submit(_score_in_worker, job, evaluate, evaluate_text, args, out_dir):
+               job[:2] + job[3:4] for job in jobs}
     for done in futures.as_completed(pending):
       reports[pending[done]] = done.result()  # A worker's error is raised here, as is.
   return reports
-
-
-def score_text_driven(evaluate_text, name: str, workdir: str, seed: int, args, out_dir: str,
-                      log) -> dict:
-  """`evaluate_text` (`text_scoring.evaluate_text`) of one run and seed: F1_lips with the
-  tokens predicted from text."""
-  output = os.path.join(out_dir, name, f"seed{seed}", "text_report.json")
-  ns = argparse.Namespace(
-      t2t_workdir=args.t2t_workdir, workdir=workdir, split=args.split, output=output,
-      steps=args.steps, seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema",
-      data_dir=None, no_plots=True, verbose=args.verbose)
-  log(f"{name} seed {seed}: scoring from text ({args.t2t_workdir})")
-  return evaluate_text(ns, log=lambda m: log(f"  {m}"))
 
 
 def _sampling_time(workdir: str, args) -> dict:
@@ -268,11 +289,11 @@ def build_table(args, log=print, *, evaluate, evaluate_text) -> dict[str, Any]:
   rows, text_rows = [], []
   # Bad runs fail first.
   summaries = {name: run_facts.run_summary(workdir) for name, workdir in runs}
-  by_job = score_all_token_driven(evaluate, runs, seeds, args, out_dir, log)
-  first = by_job[(runs[0][0], seeds[0])]
+  by_job = score_all(evaluate, evaluate_text, runs, seeds, args, out_dir, log)
+  first = by_job[("tokens", runs[0][0], seeds[0])]
   for name, workdir in runs:
     summary = summaries[name]
-    reports = [by_job[(name, seed)] for seed in seeds]
+    reports = [by_job[("tokens", name, seed)] for seed in seeds]
     row = {"name": name, "workdir": workdir, **summary,
            "metrics": {k: mean_std([r["metrics"].get(k) for r in reports])
                        for k in av_metrics.METRIC_KEYS}}
@@ -281,8 +302,7 @@ def build_table(args, log=print, *, evaluate, evaluate_text) -> dict[str, Any]:
       log(f"{name}: one {args.timed_seconds:g} s sample {row['timing']['sample_s']:.2f} s")
     rows.append(row)
     if args.t2t_workdir:
-      text = [score_text_driven(evaluate_text, name, workdir, s, args, out_dir, log)
-              for s in seeds]
+      text = [by_job[("text", name, seed)] for seed in seeds]
       text_rows.append({"name": name, "metrics": {
           k: mean_std([t["metrics"].get(k) for t in text])
           for k in ("F1_lips", "F1_lips_speech", "token_agreement")}})

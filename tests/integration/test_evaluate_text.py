@@ -192,3 +192,33 @@ def test_sample_text_with_a_dyadic_avatar_needs_no_listener(runs, capsys):
   assert "still, average one" in captured.out + captured.err
   with np.load(out / "text.npz") as z:
     assert z["face"].shape[0] == z["tokens"].shape[0] > 0
+
+
+def test_paper_table_adds_the_text_driven_rows_and_reuses_them(runs):
+  """`paper_table --t2t-workdir`: the text-driven row of each run is its evaluate_text report
+  (scored in the same job pool as the token-driven rows), reused on a rerun."""
+  from avflow_jax.evaluation import paper_table  # pylint: disable=g-import-not-at-top
+  from avflow_jax.evaluation import scoring  # pylint: disable=g-import-not-at-top
+  out = runs["root"] / "table"
+  argv = ["--runs", f"av={runs['av']}", "--output", str(out), "--t2t-workdir", runs["t2t"],
+          "--max-clips", "1", "--max-seconds", "3", "--seeds", "0", "--steps", "1",
+          "--no-wer", "--no-timing", "--jobs", "1"]
+
+  def build():
+    logs = []
+    table = paper_table.build_table(paper_table.make_parser().parse_args(argv),
+                                    log=logs.append, evaluate=scoring.evaluate,
+                                    evaluate_text=text_scoring.evaluate_text)
+    return table, logs
+
+  table, _ = build()
+  with open(out / "av" / "seed0" / "text_report.json") as f:
+    report = json.load(f)
+  (row,) = table["text_rows"]
+  assert row["name"] == "av"
+  assert row["metrics"]["F1_lips"]["values"] == [report["metrics"]["F1_lips"]]
+  assert report["paper_table_protocol"]["t2t_step"] == report["t2t_step"]
+  assert "| av |" in (out / "table.md").read_text()
+  again, logs = build()
+  assert sum("reusing" in line for line in logs) == 2  # The token- and the text-driven report.
+  assert again["text_rows"] == table["text_rows"]
