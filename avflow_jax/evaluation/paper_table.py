@@ -149,6 +149,20 @@ def _report_path(out_dir: str, name: str, seed: int) -> str:
   return os.path.join(out_dir, name, f"seed{seed}", "report.json")
 
 
+def _reuse_or_measure(output: str, step: int, protocol: dict, label: str, log, measure) -> dict:
+  """The report at `output` if it measured checkpoint `step` with `protocol`; else `measure()`'s
+  report, written there (atomically) with the protocol it was measured under."""
+  report = _reusable(output, step, protocol)
+  if report is not None:
+    log(f"{label}: reusing {output}")
+    return report
+  report = measure()
+  report["paper_table_protocol"] = protocol
+  report.pop("output", None)
+  files.write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
+  return report
+
+
 def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_dir: str,
                        reference: bool, log) -> dict:
   """`evaluate` (`scoring.evaluate`) of one run and seed (reused when its report is there)."""
@@ -156,10 +170,6 @@ def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_d
   output = _report_path(out_dir, name, seed)
   protocol = {**_protocol(args, seed), "reference_wer": reference,
               "temperature": run_dir.sample_temperature(run_dir.read_run_config(workdir))}
-  report = _reusable(output, step, protocol)
-  if report is not None:
-    log(f"{name} seed {seed}: reusing {output}")
-    return report
   ns = argparse.Namespace(
       workdir=workdir, split=args.split, output=output, steps=args.steps,
       seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema", checkpoint=None,
@@ -167,12 +177,12 @@ def score_token_driven(evaluate, name: str, workdir: str, seed: int, args, out_d
       no_plots=True, verbose=args.verbose, max_seconds=args.max_seconds,
       vocoder_weights=args.vocoder_weights, oracle=False, temperature=None,
       no_wer=args.no_wer, no_reference_wer=not reference)
-  log(f"{name} seed {seed}: scoring {workdir} (step {step})")
-  report = evaluate(ns, log=lambda m: log(f"  {m}"))
-  report["paper_table_protocol"] = protocol
-  report.pop("output", None)
-  files.write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
-  return report
+
+  def measure():
+    log(f"{name} seed {seed}: scoring {workdir} (step {step})")
+    return evaluate(ns, log=lambda m: log(f"  {m}"))
+
+  return _reuse_or_measure(output, step, protocol, f"{name} seed {seed}", log, measure)
 
 
 def score_text_driven(evaluate_text, name: str, workdir: str, seed: int, args, out_dir: str,
@@ -184,20 +194,16 @@ def score_text_driven(evaluate_text, name: str, workdir: str, seed: int, args, o
   t2t_workdir = os.path.abspath(os.path.expanduser(args.t2t_workdir))
   protocol = {**_protocol(args, seed), "t2t_workdir": t2t_workdir,
               "t2t_step": run_dir.latest_step(t2t_workdir)}
-  report = _reusable(output, step, protocol)
-  if report is not None:
-    log(f"{name} seed {seed}: reusing {output}")
-    return report
   ns = argparse.Namespace(
       t2t_workdir=t2t_workdir, workdir=workdir, split=args.split, output=output,
       steps=args.steps, seed=SEED_STRIDE * seed, max_clips=args.max_clips, which="ema",
       data_dir=None, no_plots=True, verbose=args.verbose)
-  log(f"{name} seed {seed}: scoring from text ({t2t_workdir})")
-  report = evaluate_text(ns, log=lambda m: log(f"  {m}"))
-  report["paper_table_protocol"] = protocol
-  report.pop("output", None)
-  files.write_atomic(output, json.dumps(report, indent=2, allow_nan=False) + "\n")
-  return report
+
+  def measure():
+    log(f"{name} seed {seed}: scoring from text ({t2t_workdir})")
+    return evaluate_text(ns, log=lambda m: log(f"  {m}"))
+
+  return _reuse_or_measure(output, step, protocol, f"{name} seed {seed}", log, measure)
 
 
 def _stderr_log(message: str) -> None:
