@@ -32,7 +32,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -145,8 +145,10 @@ def _reusable(path: str, step: int, protocol: dict) -> Optional[dict]:
   return report
 
 
-def _report_path(out_dir: str, name: str, seed: int) -> str:
-  return os.path.join(out_dir, name, f"seed{seed}", "report.json")
+def _report_path(out_dir: str, name: str, seed: int, kind: str = "tokens") -> str:
+  """OUTPUT/NAME/seedK/report.json (token-driven) or text_report.json (text-driven)."""
+  stem = "text_report" if kind == "text" else "report"
+  return os.path.join(out_dir, name, f"seed{seed}", f"{stem}.json")
 
 
 def _reuse_or_measure(output: str, step: int, protocol: dict, label: str, log, measure) -> dict:
@@ -190,7 +192,7 @@ def score_text_driven(evaluate_text, name: str, workdir: str, seed: int, args, o
   """`evaluate_text` (`text_scoring.evaluate_text`) of one run and seed: F1_lips with the
   tokens predicted from text (reused when its report is there for both checkpoints)."""
   step = run_dir.latest_step(workdir)
-  output = os.path.join(out_dir, name, f"seed{seed}", "text_report.json")
+  output = _report_path(out_dir, name, seed, "text")
   t2t_workdir = os.path.abspath(os.path.expanduser(args.t2t_workdir))
   protocol = {**_protocol(args, seed), "t2t_workdir": t2t_workdir,
               "t2t_step": run_dir.latest_step(t2t_workdir)}
@@ -210,12 +212,24 @@ def _stderr_log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def _score_job(job, evaluate, evaluate_text, args, out_dir: str, log) -> dict:
-  """One evaluation: job = (kind "tokens" or "text", row name, workdir, seed, reference)."""
-  kind, name, workdir, seed, reference = job
-  if kind == "text":
-    return score_text_driven(evaluate_text, name, workdir, seed, args, out_dir, log)
-  return score_token_driven(evaluate, name, workdir, seed, args, out_dir, reference, log)
+class _Job(NamedTuple):
+  """One evaluation of the table."""
+  kind: str  # "tokens" (`evaluate`) or "text" (`evaluate_text`).
+  name: str  # Row name.
+  workdir: str
+  seed: int  # Seed index k.
+  reference: bool  # Also score the reference rows (the first token-driven job only).
+
+  @property
+  def key(self) -> tuple[str, str, int]:
+    return self.kind, self.name, self.seed
+
+
+def _score_job(job: _Job, evaluate, evaluate_text, args, out_dir: str, log) -> dict:
+  if job.kind == "text":
+    return score_text_driven(evaluate_text, job.name, job.workdir, job.seed, args, out_dir, log)
+  return score_token_driven(evaluate, job.name, job.workdir, job.seed, args, out_dir,
+                            job.reference, log)
 
 
 def _score_in_worker(job, evaluate, evaluate_text, args, out_dir) -> dict:
@@ -229,18 +243,18 @@ def score_all(evaluate, evaluate_text, runs, seeds, args, out_dir: str, log) -> 
   (run, seed) and "text" as well with --t2t-workdir; the first also scores the reference rows.
   Up to `--jobs` run at once, each in a fresh (spawned) process: recognition, the vocoder and
   text-to-tokens are single-threaded, so two cores score two clips' worth at a time."""
-  jobs = [("tokens", name, workdir, seed, i == 0 and seed == seeds[0])
+  jobs = [_Job("tokens", name, workdir, seed, i == 0 and seed == seeds[0])
           for i, (name, workdir) in enumerate(runs) for seed in seeds]
   if args.t2t_workdir:
-    jobs += [("text", name, workdir, seed, False) for name, workdir in runs for seed in seeds]
+    jobs += [_Job("text", name, workdir, seed, False) for name, workdir in runs for seed in seeds]
   if args.jobs <= 1:
-    return {job[:2] + job[3:4]: _score_job(job, evaluate, evaluate_text, args, out_dir, log)
+    return {job.key: _score_job(job, evaluate, evaluate_text, args, out_dir, log)
             for job in jobs}
   reports = {}
   with futures.ProcessPoolExecutor(
       args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
     pending = {pool.submit(_score_in_worker, job, evaluate, evaluate_text, args, out_dir):
-               job[:2] + job[3:4] for job in jobs}
+               job.key for job in jobs}
     for done in futures.as_completed(pending):
       reports[pending[done]] = done.result()  # A worker's error is raised here, as is.
   return reports
